@@ -1,0 +1,56 @@
+//! Command-line interface: one file per subcommand, each with its `Args` and a `run` that calls the
+//! library and prints. Exit codes: 0 success; 1 the command ran and the answer is "no" (invalid
+//! config, failed deploy, undecryptable secret); 2 usage, I/O or internal errors.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "keystone",
+    version,
+    about = "Pull-based GitOps deployer for Docker servers"
+)]
+struct Cli {
+    /// Log filter (tracing syntax), e.g. `info` or `keystone=debug`. Also read from KEYSTONE_LOG.
+    #[arg(long, global = true, env = "KEYSTONE_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_tracing(&cli.log);
+    let result: anyhow::Result<ExitCode> = match cli.command {};
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,17 @@
+//! Keystone: a pull-based GitOps deployer for containerised web applications on plain Docker
+//! servers. See ARCHITECTURE.md for the map of this crate.
+//!
+//! The library never talks to the user; the `keystone` binary (src/main.rs, src/cli/) is a thin
+//! layer over it.
+
+pub mod config;
+pub mod daemon;
+pub mod drivers;
+pub mod execute;
+pub mod model;
+pub mod plan;
+pub mod render;
+pub mod secrets;
+pub mod shell;
+pub mod state;
+pub mod status;
