@@ -30,7 +30,7 @@ pub mod laravel;
 pub mod postgres18;
 pub mod valkey8;
 
-static DRIVERS: [&(dyn Driver); 4] = [
+static DRIVERS: [&dyn Driver; 4] = [
     &laravel::Laravel,
     &postgres18::Postgres18,
     &valkey8::Valkey8,
