@@ -232,6 +232,10 @@ pub struct Environment {
     pub attachments: Vec<Attachment>,
     /// User and secret variables, in file order.
     pub variables: Vec<(String, Value)>,
+    /// Where each variable's key was written (by name), for collision errors. A variable missing
+    /// here is reported at the environment's own origin.
+    #[serde(default)]
+    pub variable_origins: BTreeMap<String, Origin>,
     /// Re-apply drifted replicas automatically. Default false.
     pub self_heal: bool,
 }
