@@ -21,6 +21,13 @@ pub struct Origin {
     pub column: u32,
 }
 
+impl std::fmt::Display for Origin {
+    /// `file:line:col`, as editors and compilers print positions.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
 /// The whole desired state described by one commit (or working tree) of a config repository.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Model {
