@@ -128,6 +128,18 @@ pub enum StepAction {
         mode: u32,
         contents: Payload,
     },
+    /// Resolve `repository:tag` to a digest through the registry's HTTP API, on the machine running
+    /// Keystone: `HEAD /v2/<repository>/manifests/<tag>` accepting the four manifest media types
+    /// (Docker v2 manifest and list, OCI manifest and index), answer from `Docker-Content-Digest`,
+    /// with the credentials of the config's registry `registry`. The digest (`sha256:…`) is the
+    /// step's output, so `capture` stores it like a script's last stdout line.
+    ResolveDigest {
+        /// Name of the registry in the config (`registries/<name>.yaml`).
+        registry: String,
+        /// Repository path inside the registry, namespace included, e.g. `acme/shop`.
+        repository: String,
+        tag: String,
+    },
 }
 
 /// Bytes for a step, with a description that is safe to show and store.
@@ -145,10 +157,39 @@ pub struct Payload {
 
 /// A value known only while executing, written `{{name}}` in scripts and payloads, e.g.
 /// `{{digest:shop}}` filled from the build step that captured it.
+///
+/// Namespaces the planner emits (the executor resolves each before a step runs):
+/// - `digest:<app>`: captured by a build or `ResolveDigest` step (`capture: Some("digest:<app>")`);
+///   always `sha256:<64 hex>` (the executor refuses anything else, so it is safe inside quotes).
+/// - `secret:<file>.<dotted.key>`: the decrypted value of that secret reference. Appears only in
+///   `Payload` bytes (uploads, stdin), never in scripts, and is redacted from every output.
+/// - `generated:<key>`: a credential Keystone generates once (e.g. a Postgres role's password):
+///   the executor looks `<key>` up in its encrypted state and, when absent, generates 32 random
+///   bytes (URL-safe base64, no padding) and stores them. Payloads only, like secrets.
 pub struct Placeholder;
 
 impl Placeholder {
     pub fn token(name: &str) -> String {
         format!("{{{{{name}}}}}")
+    }
+
+    /// `{{digest:<app>}}`.
+    pub fn digest(app: &str) -> String {
+        Self::token(&Self::digest_name(app))
+    }
+
+    /// The capture name of an application's image digest, `digest:<app>`.
+    pub fn digest_name(app: &str) -> String {
+        format!("digest:{app}")
+    }
+
+    /// `{{secret:<file>.<dotted.key>}}`.
+    pub fn secret(secret: &crate::model::SecretRef) -> String {
+        Self::token(&format!("secret:{}", secret.display_path()))
+    }
+
+    /// `{{generated:<key>}}`.
+    pub fn generated(key: &str) -> String {
+        Self::token(&format!("generated:{key}"))
     }
 }
