@@ -128,17 +128,17 @@ pub enum StepAction {
         mode: u32,
         contents: Payload,
     },
-    /// Resolve `repository:tag` to a digest through the registry's HTTP API, on the machine running
+    /// Resolve an image tag to a digest through the registry's HTTP API, on the machine running
     /// Keystone: `HEAD /v2/<repository>/manifests/<tag>` accepting the four manifest media types
-    /// (Docker v2 manifest and list, OCI manifest and index), answer from `Docker-Content-Digest`,
-    /// with the credentials of the config's registry `registry`. The digest (`sha256:…`) is the
-    /// step's output, so `capture` stores it like a script's last stdout line.
+    /// (Docker v2 manifest and list, OCI manifest and index), answer from `Docker-Content-Digest`.
+    /// The digest (`sha256:…`) is the step's output, so `capture` stores it like a script's last
+    /// stdout line.
     ResolveDigest {
-        /// Name of the registry in the config (`registries/<name>.yaml`).
-        registry: String,
-        /// Repository path inside the registry, namespace included, e.g. `acme/shop`.
-        repository: String,
-        tag: String,
+        /// `host[:port]/repository:tag`, e.g. `10.77.0.1:5000/acme/shop:latest`.
+        image: String,
+        /// The config registry (`registries/<name>.yaml`) whose credentials and `insecure` flag
+        /// apply; `None`: anonymous HTTPS to the image's host.
+        registry: Option<String>,
     },
 }
 
@@ -166,6 +166,9 @@ pub struct Payload {
 /// - `generated:<key>`: a credential Keystone generates once (e.g. a Postgres role's password):
 ///   the executor looks `<key>` up in its encrypted state and, when absent, generates 32 random
 ///   bytes (URL-safe base64, no padding) and stores them. Payloads only, like secrets.
+///
+/// Only these three namespaces are placeholders; any other `{{…}}` text (e.g. a
+/// `docker inspect --format '{{.State.Status}}'` template) is left as written.
 pub struct Placeholder;
 
 impl Placeholder {
