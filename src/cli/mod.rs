@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod status;
+
 #[derive(Parser)]
 #[command(
     name = "keystone",
@@ -21,7 +23,10 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Print the status branch: every environment's sync, health and last operation.
+    Status(status::Args),
+}
 
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -36,7 +41,9 @@ pub fn main() -> ExitCode {
         }
     };
     init_tracing(&cli.log);
-    let result: anyhow::Result<ExitCode> = match cli.command {};
+    let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Status(args) => status::run(args),
+    };
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -1,1 +1,8 @@
-//! See ARCHITECTURE.md.
+//! The GitOps daemon: triggers (poll, webhook, notify), the HTTP API, forge clients and metrics.
+//!
+//! Architecture invariant: a trigger only ever causes a fetch of the config repository; what is
+//! deployed comes from the fetched commits, never from a webhook payload.
+
+pub mod http;
+pub mod metrics;
+pub mod webhook;

@@ -111,9 +111,10 @@ impl StatusWriter {
     ) -> Result<WriteOutcome, StatusError> {
         let repo = Repository::open(&self.repo).map_err(self.err("open repository"))?;
         let blobs = self.blobs(&repo, files, now, redact)?;
+        let message = redact(message);
         let mut attempts = 0;
         loop {
-            let (commit, tip) = self.commit_on_tip(&repo, &blobs, message, now)?;
+            let (commit, tip) = self.commit_on_tip(&repo, &blobs, &message, now)?;
             let Some(remote) = &self.remote else {
                 return Ok(WriteOutcome {
                     commit: commit.map(|c| c.to_string()),

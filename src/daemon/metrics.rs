@@ -1,0 +1,249 @@
+//! Prometheus text exposition (format 0.0.4), written by hand: a few counters, gauges and one
+//! histogram do not need a metrics crate.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use crate::status::{Health, SyncState};
+
+/// Upper bounds (seconds) of the reconcile duration histogram.
+const BUCKETS: [f64; 9] = [1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// (environment, outcome) → count.
+    reconciles: BTreeMap<(String, String), u64>,
+    /// environment → histogram.
+    durations: BTreeMap<String, Histogram>,
+    /// environment → unix seconds of the last successful reconcile.
+    last_success: BTreeMap<String, i64>,
+    queue_depth: u64,
+    /// (forge, result) → count.
+    webhooks: BTreeMap<(String, String), u64>,
+    /// result → count.
+    status_writes: BTreeMap<String, u64>,
+    fetches: BTreeMap<String, u64>,
+    health: BTreeMap<String, (Health, SyncState)>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Metrics {
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    /// One reconcile of `environment` ended with `outcome` (`succeeded`, `failed`, `blocked`).
+    pub fn reconcile(&self, environment: &str, outcome: &str, seconds: f64, now_unix: i64) {
+        self.with(|m| {
+            *m.reconciles
+                .entry((environment.to_string(), outcome.to_string()))
+                .or_default() += 1;
+            let h = m.durations.entry(environment.to_string()).or_default();
+            h.count += 1;
+            h.sum += seconds;
+            for (i, b) in BUCKETS.iter().enumerate() {
+                if seconds <= *b {
+                    h.counts[i] += 1;
+                }
+            }
+            if outcome == "succeeded" {
+                m.last_success.insert(environment.to_string(), now_unix);
+            }
+        })
+    }
+
+    pub fn set_queue_depth(&self, depth: u64) {
+        self.with(|m| m.queue_depth = depth)
+    }
+
+    pub fn webhook(&self, forge: &str, result: &str) {
+        self.with(|m| {
+            *m.webhooks
+                .entry((forge.to_string(), result.to_string()))
+                .or_default() += 1
+        })
+    }
+
+    pub fn status_write(&self, result: &str) {
+        self.with(|m| *m.status_writes.entry(result.to_string()).or_default() += 1)
+    }
+
+    pub fn fetch(&self, result: &str) {
+        self.with(|m| *m.fetches.entry(result.to_string()).or_default() += 1)
+    }
+
+    pub fn environment_state(&self, environment: &str, health: Health, sync: SyncState) {
+        self.with(|m| {
+            m.health.insert(environment.to_string(), (health, sync));
+        })
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        self.with(|m| {
+            let mut o = String::new();
+            header(&mut o, "keystone_reconcile_total", "counter", "Reconciles by environment and outcome.");
+            for ((env, outcome), n) in &m.reconciles {
+                let _ = writeln!(
+                    o,
+                    "keystone_reconcile_total{{environment=\"{}\",outcome=\"{}\"}} {n}",
+                    label(env),
+                    label(outcome)
+                );
+            }
+            header(
+                &mut o,
+                "keystone_reconcile_duration_seconds",
+                "histogram",
+                "Duration of reconciles by environment.",
+            );
+            for (env, h) in &m.durations {
+                let env = label(env);
+                for (i, b) in BUCKETS.iter().enumerate() {
+                    let _ = writeln!(
+                        o,
+                        "keystone_reconcile_duration_seconds_bucket{{environment=\"{env}\",le=\"{b}\"}} {}",
+                        h.counts[i]
+                    );
+                }
+                let _ = writeln!(
+                    o,
+                    "keystone_reconcile_duration_seconds_bucket{{environment=\"{env}\",le=\"+Inf\"}} {}",
+                    h.count
+                );
+                let _ = writeln!(
+                    o,
+                    "keystone_reconcile_duration_seconds_sum{{environment=\"{env}\"}} {}",
+                    h.sum
+                );
+                let _ = writeln!(
+                    o,
+                    "keystone_reconcile_duration_seconds_count{{environment=\"{env}\"}} {}",
+                    h.count
+                );
+            }
+            header(
+                &mut o,
+                "keystone_last_success_timestamp_seconds",
+                "gauge",
+                "Unix time of the last successful reconcile by environment.",
+            );
+            for (env, t) in &m.last_success {
+                let _ = writeln!(
+                    o,
+                    "keystone_last_success_timestamp_seconds{{environment=\"{}\"}} {t}",
+                    label(env)
+                );
+            }
+            header(&mut o, "keystone_queue_depth", "gauge", "Environments waiting for a reconcile.");
+            let _ = writeln!(o, "keystone_queue_depth {}", m.queue_depth);
+            header(&mut o, "keystone_webhook_deliveries_total", "counter", "Webhook deliveries by forge and result.");
+            for ((forge, result), n) in &m.webhooks {
+                let _ = writeln!(
+                    o,
+                    "keystone_webhook_deliveries_total{{forge=\"{}\",result=\"{}\"}} {n}",
+                    label(forge),
+                    label(result)
+                );
+            }
+            header(&mut o, "keystone_fetches_total", "counter", "Fetches of the config repository by result.");
+            for (result, n) in &m.fetches {
+                let _ = writeln!(o, "keystone_fetches_total{{result=\"{}\"}} {n}", label(result));
+            }
+            header(&mut o, "keystone_status_writes_total", "counter", "Status branch writes by result.");
+            for (result, n) in &m.status_writes {
+                let _ = writeln!(o, "keystone_status_writes_total{{result=\"{}\"}} {n}", label(result));
+            }
+            header(
+                &mut o,
+                "keystone_environment_health",
+                "gauge",
+                "1 for the current health of each environment, 0 for the others.",
+            );
+            for (env, (health, _)) in &m.health {
+                for h in [Health::Healthy, Health::Progressing, Health::Degraded, Health::Missing, Health::Unknown] {
+                    let _ = writeln!(
+                        o,
+                        "keystone_environment_health{{environment=\"{}\",health=\"{h}\"}} {}",
+                        label(env),
+                        u8::from(*health == h)
+                    );
+                }
+            }
+            header(
+                &mut o,
+                "keystone_environment_sync",
+                "gauge",
+                "1 for the current sync state of each environment, 0 for the others.",
+            );
+            for (env, (_, sync)) in &m.health {
+                for s in [SyncState::Synced, SyncState::OutOfSync, SyncState::Unknown] {
+                    let _ = writeln!(
+                        o,
+                        "keystone_environment_sync{{environment=\"{}\",sync=\"{s}\"}} {}",
+                        label(env),
+                        u8::from(*sync == s)
+                    );
+                }
+            }
+            o
+        })
+    }
+}
+
+fn header(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+}
+
+/// Escape a label value (backslash, quote, newline).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_text() {
+        let m = Metrics::default();
+        m.reconcile("shop/production", "succeeded", 12.5, 1_796_319_725);
+        m.reconcile("shop/production", "failed", 0.5, 1_796_319_800);
+        m.set_queue_depth(3);
+        m.environment_state("shop/production", Health::Degraded, SyncState::Synced);
+        let text = m.render();
+        for line in [
+            "keystone_reconcile_total{environment=\"shop/production\",outcome=\"failed\"} 1",
+            "keystone_reconcile_total{environment=\"shop/production\",outcome=\"succeeded\"} 1",
+            "keystone_reconcile_duration_seconds_bucket{environment=\"shop/production\",le=\"1\"} 1",
+            "keystone_reconcile_duration_seconds_bucket{environment=\"shop/production\",le=\"15\"} 2",
+            "keystone_reconcile_duration_seconds_bucket{environment=\"shop/production\",le=\"+Inf\"} 2",
+            "keystone_reconcile_duration_seconds_sum{environment=\"shop/production\"} 13",
+            "keystone_reconcile_duration_seconds_count{environment=\"shop/production\"} 2",
+            "keystone_last_success_timestamp_seconds{environment=\"shop/production\"} 1796319725",
+            "keystone_queue_depth 3",
+            "keystone_environment_health{environment=\"shop/production\",health=\"degraded\"} 1",
+            "keystone_environment_health{environment=\"shop/production\",health=\"healthy\"} 0",
+            "keystone_environment_sync{environment=\"shop/production\",sync=\"synced\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,76 @@
+//! `keystone status` reads the status branch of a real repository and prints it.
+
+use assert_cmd::Command;
+use keystone::status::{
+    self, EnvironmentStatus, StatusSnapshot, StatusWriter, SyncState, Timestamp,
+};
+
+#[test]
+fn prints_the_readme_table_and_one_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    git2::Repository::init(tmp.path()).unwrap();
+    let mut env = EnvironmentStatus::new("shop", "staging");
+    env.sync = SyncState::OutOfSync;
+    env.sync_reason = Some("deploy failed".into());
+    let snap = StatusSnapshot {
+        config_commit: Some("e4f5a6b0c1d2".into()),
+        updated_at: Some(Timestamp(1_796_319_725)),
+        environments: [(env.key(), env)].into(),
+        ..Default::default()
+    };
+    StatusWriter::new(tmp.path(), "keystone/status")
+        .write(
+            &status::render(&snap),
+            "status: x\n",
+            Timestamp(1_796_319_725),
+            &|s| s.to_string(),
+        )
+        .unwrap();
+
+    let out = Command::cargo_bin("keystone")
+        .unwrap()
+        .args(["status", "--repo"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "# Keystone status — updated 2026-12-03 17:42 UTC by commit e4f5a6b
+
+| environment | synced | health | deployed | last operation |
+|---|---|---|---|---|
+| shop/staging | ⚠️ out_of_sync (deploy failed) | ⚪ unknown | — | — |
+
+Servers: none.
+
+Failed recently: none. Full history: operations/.
+"
+    );
+
+    let out = Command::cargo_bin("keystone")
+        .unwrap()
+        .args(["status", "shop/staging", "--repo"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .starts_with("app: shop\nenv: staging\nsync: out_of_sync\n")
+    );
+
+    let out = Command::cargo_bin("keystone")
+        .unwrap()
+        .args(["status", "--branch", "nope", "--repo"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .starts_with("no status branch nope in ")
+    );
+}
