@@ -1,0 +1,2 @@
+<?php
+// create the orders table (stand-in migration)

@@ -1,0 +1,2 @@
+<?php
+// create the jobs table (stand-in migration)

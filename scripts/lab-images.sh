@@ -1,0 +1,1 @@
+build_standins() { log "images: not yet"; }
