@@ -1,1 +1,16 @@
-//! See ARCHITECTURE.md.
+//! Execution: the orchestrator that walks an operation tree (`plan::ops`) and the transports that
+//! reach the machines (ssh, local).
+//!
+//! Architecture invariant: only this module talks to hosts. It knows nothing about how a plan
+//! was made; it runs exactly the steps it is given, in the order the tree says.
+
+pub mod events;
+pub mod orchestrator;
+pub mod output;
+pub mod placeholders;
+pub mod transport;
+
+pub use events::{Event, NoObserver, Observer, Observers, Status};
+pub use orchestrator::{ExecuteOptions, Executor, OperationReport, Report, Shutdown, StepReport};
+pub use output::{CappedText, Output, Redactor, Stream};
+pub use transport::{BoxFuture, Transport, TransportError};
