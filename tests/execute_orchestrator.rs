@@ -13,11 +13,14 @@ use keystone::execute::{
 };
 use keystone::plan::{Children, Operation, OperationKind, Payload, Step, StepAction, Target};
 
+/// server, path, bytes, mode
+type Upload = (String, String, Vec<u8>, u32);
+
 #[derive(Default)]
 struct Recording {
     /// `server: script` for every attempt, in start order.
     started: Mutex<Vec<String>>,
-    uploads: Mutex<Vec<(String, String, Vec<u8>, u32)>>,
+    uploads: Mutex<Vec<Upload>>,
     attempts: Mutex<HashMap<String, u32>>,
     in_flight: Mutex<HashMap<String, usize>>,
     max_in_flight_total: AtomicUsize,

@@ -5,12 +5,15 @@
 //! was made; it runs exactly the steps it is given, in the order the tree says.
 
 pub mod events;
+pub mod local;
 pub mod orchestrator;
 pub mod output;
 pub mod placeholders;
+mod stdio;
 pub mod transport;
 
 pub use events::{Event, NoObserver, Observer, Observers, Status};
+pub use local::LocalTransport;
 pub use orchestrator::{ExecuteOptions, Executor, OperationReport, Report, Shutdown, StepReport};
 pub use output::{CappedText, Output, Redactor, Stream};
 pub use transport::{BoxFuture, Transport, TransportError};

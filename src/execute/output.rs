@@ -120,10 +120,13 @@ fn ceil_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
+/// Called with each redacted chunk as it comes.
+type Listener<'a> = Box<dyn FnMut(Stream, &str) + Send + 'a>;
+
 /// Where a transport writes what a command prints.
 pub struct Output<'a> {
     redactor: Redactor,
-    listener: Box<dyn FnMut(Stream, &str) + Send + 'a>,
+    listener: Listener<'a>,
     pending: [Vec<u8>; 2],
     /// Both streams, interleaved as they came: what the state stores.
     pub combined: CappedText,

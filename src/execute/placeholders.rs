@@ -31,7 +31,7 @@ fn is_capture_name(name: &str) -> bool {
 
 /// Fill a script: each known placeholder becomes its value quoted as one shell word.
 pub fn fill_script(script: &str, captures: &BTreeMap<String, String>) -> Result<String, Unfilled> {
-    fill_text(script, captures, |v| quote(v))
+    fill_text(script, captures, quote)
 }
 
 /// Fill a payload: UTF-8 text gets raw values; binary payloads are returned verbatim.

@@ -1,1 +1,784 @@
-//! See ARCHITECTURE.md.
+//! The state database (SQLite, schema in migrations/): executions with their operations, steps
+//! and redacted output; what is applied per environment; slice assignments; generated credentials
+//! encrypted to the daemon's age identity.
+//!
+//! One process owns a state directory at a time (an exclusive lock on `keystone.lock`), so when a
+//! state is opened, anything still `running` belongs to a process that died: it is marked
+//! `interrupted`.
+
+mod recorder;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex};
+
+use include_dir::{Dir, include_dir};
+use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite_migration::Migrations;
+use serde::{Deserialize, Serialize};
+
+use crate::execute::Status;
+use crate::plan::{Operation, StepAction, Target};
+
+pub use recorder::Recorder;
+
+static MIGRATIONS_DIR: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/migrations");
+static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
+    Migrations::from_directory(&MIGRATIONS_DIR).expect("migrations/ holds NN-name/up.sql")
+});
+
+/// The database file inside a state directory.
+pub const DB_FILE: &str = "state.sqlite3";
+/// The lock file that makes one process the owner of a state directory.
+pub const LOCK_FILE: &str = "keystone.lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database {path}: cannot bring the schema up to date: {detail}")]
+    Migration { path: String, detail: String },
+    #[error(
+        "state directory {path} is in use by another keystone process (it holds {path}/{LOCK_FILE}); stop it or use another --state"
+    )]
+    Locked { path: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "credential {service}/{name}: no age identity to encrypt it to (give the daemon its identity with --age-key-file)"
+    )]
+    NoIdentity { service: String, name: String },
+    #[error("credential {service}/{name} cannot be decrypted with this age identity: {detail}")]
+    Decrypt {
+        service: String,
+        name: String,
+        detail: String,
+    },
+    #[error("{path}: not an age identity file (expected a line starting with AGE-SECRET-KEY-1)")]
+    BadIdentity { path: String },
+    #[error("applied state of {environment} in the database is unreadable: {detail}")]
+    Corrupt { environment: String, detail: String },
+    #[error("slice {value:?} of {service} is already held by {holder}")]
+    SliceTaken {
+        service: String,
+        value: String,
+        holder: String,
+    },
+}
+
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// The id of one execution (one run of a plan) in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExecutionId(pub i64);
+
+/// What is deployed in one environment (the planner's "applied" input).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppliedEnvironment {
+    /// `app/env`.
+    pub environment: String,
+    /// The config commit last applied successfully.
+    pub commit: String,
+    /// Image by app service: `web` → `10.77.0.1:5000/acme/shop@sha256:…`.
+    pub images: BTreeMap<String, String>,
+    /// Replicas by app service, in replica order.
+    pub replicas: BTreeMap<String, Vec<AppliedReplica>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppliedReplica {
+    /// 1-based.
+    pub index: u32,
+    pub server: String,
+    pub container: String,
+    /// Host port the replica publishes, when it publishes one.
+    pub port: Option<u16>,
+    pub image: String,
+    /// SHA-256 of what was rendered for it (compose.yml and .env), to tell a restart is needed.
+    pub config_sha256: Option<String>,
+}
+
+/// A slice of a shared service held by an environment (`main-valkey`, `shop/production`,
+/// `cache`, `3`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SliceAssignment {
+    pub service: String,
+    pub environment: String,
+    pub role: String,
+    pub value: String,
+}
+
+/// An execution as recorded, for status pages and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionRecord {
+    pub id: ExecutionId,
+    pub environment: Option<String>,
+    pub commit: Option<String>,
+    pub status: Status,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// Depth-first declared order.
+    pub operations: Vec<OperationRecord>,
+}
+
+impl ExecutionRecord {
+    pub fn operation(&self, op_id: &str) -> Option<&OperationRecord> {
+        self.operations.iter().find(|o| o.op_id == op_id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationRecord {
+    pub op_id: String,
+    pub parent_op_id: Option<String>,
+    pub depth: u32,
+    pub kind: String,
+    pub title: String,
+    pub server: Option<String>,
+    pub status: Status,
+    pub error: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub steps: Vec<StepRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRecord {
+    pub name: String,
+    pub target: String,
+    pub action: String,
+    pub detail: String,
+    pub status: Status,
+    pub attempts: u32,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub output: Option<StoredOutput>,
+}
+
+/// The kept part of a step's redacted output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOutput {
+    pub head: String,
+    pub tail: String,
+    pub total_bytes: u64,
+}
+
+impl StoredOutput {
+    pub fn text(&self) -> String {
+        let omitted = self.total_bytes - (self.head.len() + self.tail.len()) as u64;
+        match omitted {
+            0 => format!("{}{}", self.head, self.tail),
+            n => format!("{}\n[… {n} bytes omitted …]\n{}", self.head, self.tail),
+        }
+    }
+}
+
+/// The state of one Keystone installation.
+pub struct State {
+    conn: Mutex<Connection>,
+    path: String,
+    dir: Option<PathBuf>,
+    identity: Option<age::x25519::Identity>,
+    /// Operations found `running` at open and marked `interrupted`.
+    interrupted_at_open: Vec<(ExecutionId, String)>,
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("path", &self.path).finish()
+    }
+}
+
+pub(crate) fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 formats any UTC time")
+}
+
+impl State {
+    /// Open (creating it when missing) the state in directory `dir`: lock it, bring the schema up
+    /// to date, and mark what a dead process left `running` as `interrupted`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let io = |source| StateError::Io {
+            path: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| StateError::Io {
+                path: lock_path.display().to_string(),
+                source,
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StateError::Locked {
+                    path: dir.display().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(StateError::Io {
+                    path: lock_path.display().to_string(),
+                    source,
+                });
+            }
+        }
+        let db = dir.join(DB_FILE);
+        let path = db.display().to_string();
+        let conn = Connection::open(&db).map_err(|source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let mut state = Self::from_connection(conn, path)?;
+        state.dir = Some(dir.to_path_buf());
+        state._lock = Some(lock);
+        Ok(state)
+    }
+
+    /// A private in-memory state (tests, `keystone plan` without --state).
+    pub fn open_in_memory() -> Result<Self> {
+        let conn = Connection::open_in_memory().map_err(|source| StateError::Sqlite {
+            path: ":memory:".into(),
+            source,
+        })?;
+        Self::from_connection(conn, ":memory:".into())
+    }
+
+    fn from_connection(mut conn: Connection, path: String) -> Result<Self> {
+        let sql = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql)?;
+        if path != ":memory:" {
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(sql)?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(sql)?;
+        }
+        MIGRATIONS
+            .to_latest(&mut conn)
+            .map_err(|e| StateError::Migration {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+        let interrupted = recover(&mut conn).map_err(sql)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path,
+            dir: None,
+            identity: None,
+            interrupted_at_open: interrupted,
+            _lock: None,
+        })
+    }
+
+    /// Encrypt generated credentials to (and decrypt them with) this identity.
+    pub fn with_identity(mut self, identity: age::x25519::Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The state directory, when the state lives on disk.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Operations that were `running` when this state was opened (a previous process died while
+    /// running them); they are now `interrupted`.
+    pub fn interrupted_at_open(&self) -> &[(ExecutionId, String)] {
+        &self.interrupted_at_open
+    }
+
+    pub(crate) fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn).map_err(|source| StateError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Record a new execution of `root` with every operation and step `pending`.
+    pub fn begin_execution(
+        &self,
+        environment: Option<&str>,
+        commit: Option<&str>,
+        root: &Operation,
+    ) -> Result<ExecutionId> {
+        self.with_conn(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO executions (environment, commit_id, root_op, status, started_at)
+                 VALUES (?1, ?2, ?3, 'running', ?4)",
+                params![environment, commit, root.id, now()],
+            )?;
+            let id = tx.last_insert_rowid();
+            let mut position = 0i64;
+            insert_tree(&tx, id, root, None, 0, &mut position)?;
+            tx.commit()?;
+            Ok(ExecutionId(id))
+        })
+    }
+
+    /// An observer that records an execution's events in this state.
+    pub fn recorder(self: &std::sync::Arc<Self>, id: ExecutionId) -> Recorder {
+        Recorder::new(self.clone(), id)
+    }
+
+    /// Ids of all executions, oldest first.
+    pub fn executions(&self) -> Result<Vec<ExecutionId>> {
+        self.with_conn(|conn| {
+            let mut q = conn.prepare("SELECT id FROM executions ORDER BY id")?;
+            let ids = q
+                .query_map([], |r| Ok(ExecutionId(r.get(0)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(ids)
+        })
+    }
+
+    pub fn execution(&self, id: ExecutionId) -> Result<Option<ExecutionRecord>> {
+        self.with_conn(|conn| read_execution(conn, id))
+    }
+
+    /// What is deployed in `environment` (`app/env`), if anything.
+    pub fn applied(&self, environment: &str) -> Result<Option<AppliedEnvironment>> {
+        let data: Option<String> = self.with_conn(|conn| {
+            conn.query_row(
+                "SELECT data FROM applied_environments WHERE environment = ?1",
+                [environment],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        data.map(|d| {
+            serde_json::from_str(&d).map_err(|e| StateError::Corrupt {
+                environment: environment.to_string(),
+                detail: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Every environment's applied state, by `app/env`.
+    pub fn applied_all(&self) -> Result<BTreeMap<String, AppliedEnvironment>> {
+        let rows: Vec<(String, String)> = self.with_conn(|conn| {
+            let mut q =
+                conn.prepare("SELECT environment, data FROM applied_environments ORDER BY 1")?;
+            q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter()
+            .map(|(env, data)| {
+                let applied = serde_json::from_str(&data).map_err(|e| StateError::Corrupt {
+                    environment: env.clone(),
+                    detail: e.to_string(),
+                })?;
+                Ok((env, applied))
+            })
+            .collect()
+    }
+
+    /// Replace the applied state of `applied.environment`.
+    pub fn record_applied(&self, applied: &AppliedEnvironment) -> Result<()> {
+        let data = serde_json::to_string(applied).expect("applied state serializes");
+        self.with_conn(|conn| {
+            conn.execute(
+                "INSERT INTO applied_environments (environment, commit_id, applied_at, data)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (environment) DO UPDATE SET
+                   commit_id = excluded.commit_id, applied_at = excluded.applied_at,
+                   data = excluded.data",
+                params![applied.environment, applied.commit, now(), data],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Every slice assignment, ordered by service, environment, role.
+    pub fn slices(&self) -> Result<Vec<SliceAssignment>> {
+        self.with_conn(|conn| {
+            let mut q = conn.prepare(
+                "SELECT service, environment, role, value FROM slice_assignments ORDER BY 1, 2, 3",
+            )?;
+            q.query_map([], |r| {
+                Ok(SliceAssignment {
+                    service: r.get(0)?,
+                    environment: r.get(1)?,
+                    role: r.get(2)?,
+                    value: r.get(3)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    /// Record that `slice.environment` holds `slice.value` of `slice.service` for `slice.role`
+    /// (replacing what it held for that role). A value held by another environment is refused.
+    pub fn assign_slice(&self, slice: &SliceAssignment) -> Result<()> {
+        let holder: Option<String> = self.with_conn(|conn| {
+            conn.query_row(
+                "SELECT environment || ' (' || role || ')' FROM slice_assignments
+                 WHERE service = ?1 AND value = ?2 AND NOT (environment = ?3 AND role = ?4)",
+                params![slice.service, slice.value, slice.environment, slice.role],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        if let Some(holder) = holder {
+            return Err(StateError::SliceTaken {
+                service: slice.service.clone(),
+                value: slice.value.clone(),
+                holder,
+            });
+        }
+        self.with_conn(|conn| {
+            conn.execute(
+                "INSERT INTO slice_assignments (service, environment, role, value, assigned_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (service, environment, role) DO UPDATE SET
+                   value = excluded.value, assigned_at = excluded.assigned_at",
+                params![
+                    slice.service,
+                    slice.environment,
+                    slice.role,
+                    slice.value,
+                    now()
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Forget every slice `environment` holds of `service` (after the slice was removed).
+    pub fn release_slices(&self, service: &str, environment: &str) -> Result<()> {
+        self.with_conn(|conn| {
+            conn.execute(
+                "DELETE FROM slice_assignments WHERE service = ?1 AND environment = ?2",
+                params![service, environment],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The credential `name` of `service` (e.g. `main-postgres`, `admin_password`): generated by
+    /// `generate` the first time, stored encrypted to the age identity, and the same value on
+    /// every later call.
+    pub fn credential(
+        &self,
+        service: &str,
+        name: &str,
+        generate: impl FnOnce() -> String,
+    ) -> Result<String> {
+        let identity = self
+            .identity
+            .as_ref()
+            .ok_or_else(|| StateError::NoIdentity {
+                service: service.into(),
+                name: name.into(),
+            })?;
+        let decrypt_err = |detail: String| StateError::Decrypt {
+            service: service.into(),
+            name: name.into(),
+            detail,
+        };
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let sql = |source| StateError::Sqlite {
+            path: self.path.clone(),
+            source,
+        };
+        let stored: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT ciphertext FROM credentials WHERE service = ?1 AND name = ?2",
+                params![service, name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql)?;
+        if let Some(ciphertext) = stored {
+            let plain =
+                age::decrypt(identity, &ciphertext).map_err(|e| decrypt_err(e.to_string()))?;
+            return String::from_utf8(plain).map_err(|_| decrypt_err("not UTF-8".into()));
+        }
+        let value = generate();
+        let ciphertext = age::encrypt(&identity.to_public(), value.as_bytes())
+            .map_err(|e| decrypt_err(e.to_string()))?;
+        let tx = conn.transaction().map_err(sql)?;
+        tx.execute(
+            "INSERT INTO credentials (service, name, ciphertext, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![service, name, ciphertext, now()],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(value)
+    }
+}
+
+/// Read an age identity file (`AGE-SECRET-KEY-1…` lines; the first one is used).
+pub fn load_identity(path: &Path) -> Result<age::x25519::Identity> {
+    let text = std::fs::read_to_string(path).map_err(|source| StateError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("AGE-SECRET-KEY-1"))
+        .and_then(|l| l.parse().ok())
+        .ok_or_else(|| StateError::BadIdentity {
+            path: path.display().to_string(),
+        })
+}
+
+fn target_name(target: &Target) -> &str {
+    match target {
+        Target::Local => "local",
+        Target::Server(s) => s,
+    }
+}
+
+fn insert_tree(
+    tx: &rusqlite::Transaction<'_>,
+    execution: i64,
+    op: &Operation,
+    parent: Option<&str>,
+    depth: u32,
+    position: &mut i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO operations (execution_id, op_id, parent_op_id, position, depth, kind, title,
+                                 server, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
+        params![
+            execution,
+            op.id,
+            parent,
+            *position,
+            depth,
+            op.kind.as_str(),
+            op.title,
+            op.server
+        ],
+    )?;
+    *position += 1;
+    for (i, step) in op.steps.iter().enumerate() {
+        let (action, detail) = match &step.action {
+            StepAction::Run { stdin, .. } => (
+                "run",
+                stdin
+                    .as_ref()
+                    .map(|p| format!("stdin: {}", p.summary))
+                    .unwrap_or_default(),
+            ),
+            StepAction::Upload {
+                path,
+                mode,
+                contents,
+            } => (
+                "upload",
+                format!("{path} (mode {mode:o}): {}", contents.summary),
+            ),
+        };
+        tx.execute(
+            "INSERT INTO steps (execution_id, op_id, position, name, target, action, detail,
+                                idempotent, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
+            params![
+                execution,
+                op.id,
+                i as i64,
+                step.name,
+                target_name(&step.target),
+                action,
+                detail,
+                step.idempotent
+            ],
+        )?;
+    }
+    for child in &op.children {
+        insert_tree(tx, execution, child, Some(&op.id), depth + 1, position)?;
+    }
+    Ok(())
+}
+
+/// Whatever a dead process left running is interrupted; what it never started is cancelled.
+fn recover(conn: &mut Connection) -> rusqlite::Result<Vec<(ExecutionId, String)>> {
+    let tx = conn.transaction()?;
+    let interrupted = {
+        let mut q = tx.prepare(
+            "SELECT execution_id, op_id FROM operations WHERE status = 'running' ORDER BY execution_id, position",
+        )?;
+        q.query_map([], |r| Ok((ExecutionId(r.get(0)?), r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    let now = now();
+    tx.execute(
+        "UPDATE steps SET status = 'interrupted', finished_at = ?1, error = 'the keystone process running it stopped'
+         WHERE status = 'running'",
+        [&now],
+    )?;
+    tx.execute(
+        "UPDATE operations SET status = 'interrupted', finished_at = ?1, error = 'the keystone process running it stopped'
+         WHERE status = 'running'",
+        [&now],
+    )?;
+    tx.execute(
+        "UPDATE steps SET status = 'cancelled' WHERE status = 'pending'
+         AND execution_id IN (SELECT id FROM executions WHERE status = 'running')",
+        [],
+    )?;
+    tx.execute(
+        "UPDATE operations SET status = 'cancelled' WHERE status = 'pending'
+         AND execution_id IN (SELECT id FROM executions WHERE status = 'running')",
+        [],
+    )?;
+    tx.execute(
+        "UPDATE executions SET status = 'interrupted', finished_at = ?1 WHERE status = 'running'",
+        [&now],
+    )?;
+    tx.commit()?;
+    Ok(interrupted)
+}
+
+fn status_of(s: String) -> rusqlite::Result<Status> {
+    Status::parse(&s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("unknown status {s:?}").into(),
+        )
+    })
+}
+
+fn read_execution(conn: &Connection, id: ExecutionId) -> rusqlite::Result<Option<ExecutionRecord>> {
+    let head = conn
+        .query_row(
+            "SELECT environment, commit_id, status, started_at, finished_at FROM executions WHERE id = ?1",
+            [id.0],
+            |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((environment, commit, status, started_at, finished_at)) = head else {
+        return Ok(None);
+    };
+    let mut steps: BTreeMap<String, Vec<StepRecord>> = BTreeMap::new();
+    {
+        let mut q = conn.prepare(
+            "SELECT s.op_id, s.name, s.target, s.action, s.detail, s.status, s.attempts, s.exit_code,
+                    s.error, o.head, o.tail, o.total_bytes
+             FROM steps s LEFT JOIN step_output o
+               ON o.execution_id = s.execution_id AND o.op_id = s.op_id AND o.position = s.position
+             WHERE s.execution_id = ?1 ORDER BY s.op_id, s.position",
+        )?;
+        let rows = q.query_map([id.0], |r| {
+            let head: Option<String> = r.get(9)?;
+            let output = match head {
+                Some(head) => Some(StoredOutput {
+                    head,
+                    tail: r.get(10)?,
+                    total_bytes: r.get::<_, i64>(11)? as u64,
+                }),
+                None => None,
+            };
+            Ok((
+                r.get::<_, String>(0)?,
+                StepRecord {
+                    name: r.get(1)?,
+                    target: r.get(2)?,
+                    action: r.get(3)?,
+                    detail: r.get(4)?,
+                    status: status_of(r.get(5)?)?,
+                    attempts: r.get(6)?,
+                    exit_code: r.get(7)?,
+                    error: r.get(8)?,
+                    output,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (op, step) = row?;
+            steps.entry(op).or_default().push(step);
+        }
+    }
+    let mut q = conn.prepare(
+        "SELECT op_id, parent_op_id, depth, kind, title, server, status, error, started_at, finished_at
+         FROM operations WHERE execution_id = ?1 ORDER BY position",
+    )?;
+    let operations = q
+        .query_map([id.0], |r| {
+            let op_id: String = r.get(0)?;
+            Ok(OperationRecord {
+                steps: Vec::new(),
+                parent_op_id: r.get(1)?,
+                depth: r.get(2)?,
+                kind: r.get(3)?,
+                title: r.get(4)?,
+                server: r.get(5)?,
+                status: status_of(r.get(6)?)?,
+                error: r.get(7)?,
+                started_at: r.get(8)?,
+                finished_at: r.get(9)?,
+                op_id,
+            })
+        })?
+        .map(|o| {
+            o.map(|mut o| {
+                o.steps = steps.remove(&o.op_id).unwrap_or_default();
+                o
+            })
+        })
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some(ExecutionRecord {
+        id,
+        environment,
+        commit,
+        status: status_of(status)?,
+        started_at,
+        finished_at,
+        operations,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid() {
+        MIGRATIONS.validate().unwrap();
+        assert!(MIGRATIONS_DIR.get_file("01-initial/up.sql").is_some());
+    }
+}

@@ -1,0 +1,494 @@
+//! The state database: executions recorded through the recorder while real `sh` steps run on the
+//! local transport, recovery after a dead process, applied state, slices, credentials, locking.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use keystone::execute::{
+    Event, ExecuteOptions, Executor, LocalTransport, Observer, Redactor, Shutdown, Status,
+};
+use keystone::plan::{Children, Operation, OperationKind, Payload, Step, StepAction, Target};
+use keystone::state::{
+    AppliedEnvironment, AppliedReplica, SliceAssignment, State, StateError, load_identity,
+};
+
+fn run(name: &str, script: &str) -> Step {
+    Step {
+        name: name.into(),
+        target: Target::Local,
+        action: StepAction::Run {
+            script: script.into(),
+            stdin: None,
+        },
+        timeout: Duration::from_secs(20),
+        idempotent: false,
+        capture: None,
+    }
+}
+
+fn op(id: &str, steps: Vec<Step>, children: Vec<Operation>) -> Operation {
+    Operation {
+        id: id.into(),
+        kind: OperationKind::EnvironmentDeploy,
+        title: format!("title of {id}"),
+        server: None,
+        steps,
+        children_mode: Children::Sequential,
+        children,
+    }
+}
+
+async fn execute(
+    state: &Arc<State>,
+    tree: &Operation,
+    redactor: Redactor,
+) -> keystone::state::ExecutionRecord {
+    let id = state
+        .begin_execution(Some("shop/production"), Some("abc123"), tree)
+        .unwrap();
+    let recorder = Arc::new(state.recorder(id));
+    let exec = Executor::new(
+        Arc::new(LocalTransport),
+        recorder.clone(),
+        redactor,
+        ExecuteOptions::default(),
+    );
+    exec.execute(tree, &Shutdown::new()).await;
+    recorder.finish().unwrap();
+    state.execution(id).unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn an_execution_is_recorded_with_order_status_errors_and_redacted_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(State::open(dir.path()).unwrap());
+    let upload_path = dir.path().join("out/.env");
+    let tree = op(
+        "shop/production",
+        vec![run("hello", "echo hello; echo token=tok-SECRET-1 >&2")],
+        vec![
+            op(
+                "shop/production/web",
+                vec![Step {
+                    name: "upload .env".into(),
+                    target: Target::Local,
+                    action: StepAction::Upload {
+                        path: upload_path.display().to_string(),
+                        mode: 0o600,
+                        contents: Payload {
+                            bytes: b"A=1\n".to_vec(),
+                            summary: ".env (1 variable)".into(),
+                            sha256: String::new(),
+                        },
+                    },
+                    timeout: Duration::from_secs(5),
+                    idempotent: true,
+                    capture: None,
+                }],
+                vec![op(
+                    "shop/production/web/web#1",
+                    vec![run("boom", "echo about to fail; exit 7")],
+                    vec![],
+                )],
+            ),
+            op(
+                "shop/production/cutover",
+                vec![run("never", "echo never")],
+                vec![],
+            ),
+        ],
+    );
+    let redactor = Redactor::new(|s| s.replace("tok-SECRET-1", "[redacted]"));
+    let rec = execute(&state, &tree, redactor).await;
+    assert_eq!(rec.status, Status::Failed);
+    assert_eq!(rec.environment.as_deref(), Some("shop/production"));
+    assert_eq!(rec.commit.as_deref(), Some("abc123"));
+    assert!(rec.finished_at.is_some());
+    let ops: Vec<(&str, Option<&str>, u32, Status)> = rec
+        .operations
+        .iter()
+        .map(|o| {
+            (
+                o.op_id.as_str(),
+                o.parent_op_id.as_deref(),
+                o.depth,
+                o.status,
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("shop/production", None, 0, Status::Failed),
+            (
+                "shop/production/web",
+                Some("shop/production"),
+                1,
+                Status::Failed
+            ),
+            (
+                "shop/production/web/web#1",
+                Some("shop/production/web"),
+                2,
+                Status::Failed
+            ),
+            (
+                "shop/production/cutover",
+                Some("shop/production"),
+                1,
+                Status::Cancelled
+            ),
+        ]
+    );
+    let root = rec.operation("shop/production").unwrap();
+    assert_eq!(root.error.as_deref(), Some("shop/production/web failed"));
+    let hello = &root.steps[0];
+    assert_eq!(
+        (hello.status, hello.exit_code, hello.attempts),
+        (Status::Succeeded, Some(0), 1)
+    );
+    let text = hello.output.as_ref().unwrap().text();
+    assert!(
+        text.contains("hello\n") && text.contains("token=[redacted]\n"),
+        "{text:?}"
+    );
+    let upload = &rec.operation("shop/production/web").unwrap().steps[0];
+    assert_eq!(upload.action, "upload");
+    assert_eq!(
+        upload.detail,
+        format!("{} (mode 600): .env (1 variable)", upload_path.display())
+    );
+    assert_eq!(upload.status, Status::Succeeded);
+    let boom = &rec.operation("shop/production/web/web#1").unwrap().steps[0];
+    assert_eq!((boom.status, boom.exit_code), (Status::Failed, Some(7)));
+    assert_eq!(boom.error.as_deref(), Some("exit status 7"));
+    assert_eq!(boom.output.as_ref().unwrap().text(), "about to fail\n");
+    let never = &rec.operation("shop/production/cutover").unwrap().steps[0];
+    assert_eq!(
+        (never.status, never.attempts, &never.output),
+        (Status::Cancelled, 0, &None)
+    );
+
+    // Nothing of the secret reached the database file.
+    drop(state);
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            continue;
+        }
+        let bytes = std::fs::read(path).unwrap();
+        assert!(!bytes.windows(12).any(|w| w == b"tok-SECRET-1"));
+    }
+}
+
+#[tokio::test]
+async fn output_is_capped_keeping_head_and_tail() {
+    let state = Arc::new(State::open_in_memory().unwrap());
+    // 300,000 bytes: lines "line 000001" .. (11 bytes + newline each = 12 bytes, 25,000 lines).
+    let tree = op(
+        "big",
+        vec![run(
+            "print",
+            "i=1; while [ $i -le 25000 ]; do printf 'line %06d\\n' $i; i=$((i+1)); done",
+        )],
+        vec![],
+    );
+    let rec = execute(&state, &tree, Redactor::none()).await;
+    let out = rec.operations[0].steps[0].output.clone().unwrap();
+    assert_eq!(out.total_bytes, 300_000);
+    assert_eq!(out.head.len(), 64 * 1024);
+    assert_eq!(out.tail.len(), 64 * 1024);
+    assert!(out.head.starts_with("line 000001\nline 000002\n"));
+    assert!(out.tail.ends_with("line 024999\nline 025000\n"));
+    assert!(
+        out.text()
+            .contains(&format!("[… {} bytes omitted …]", 300_000 - 2 * 64 * 1024))
+    );
+}
+
+/// Stops after the first step started: like a process killed mid-step.
+struct KillAfterStart(Arc<dyn Observer>, AtomicUsize);
+impl Observer for KillAfterStart {
+    fn on_event(&self, e: &Event<'_>) {
+        self.0.on_event(e);
+        if matches!(e, Event::StepStarted { .. }) {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test]
+async fn what_a_dead_process_left_running_is_interrupted_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = op(
+        "env",
+        vec![],
+        vec![
+            op("first", vec![run("ok", "true")], vec![]),
+            op(
+                "slow",
+                vec![run("sleep", "sleep 30"), run("after", "true")],
+                vec![],
+            ),
+            op("later", vec![run("x", "true")], vec![]),
+        ],
+    );
+    let id = {
+        let state = Arc::new(State::open(dir.path()).unwrap());
+        let id = state.begin_execution(None, None, &tree).unwrap();
+        let recorder: Arc<dyn Observer> = Arc::new(state.recorder(id));
+        let watcher = Arc::new(KillAfterStart(recorder, AtomicUsize::new(0)));
+        let exec = Executor::new(
+            Arc::new(LocalTransport),
+            watcher.clone(),
+            Redactor::none(),
+            ExecuteOptions::default(),
+        );
+        // Abandon the execution while `sleep 30` runs, the way a killed process would: its
+        // future is dropped and nothing more is recorded.
+        let shutdown = Shutdown::new();
+        let run = exec.execute(&tree, &shutdown);
+        tokio::select! {
+            _ = run => panic!("should not finish"),
+            _ = async { while watcher.1.load(Ordering::SeqCst) < 2 { tokio::time::sleep(Duration::from_millis(10)).await } } => {}
+        }
+        id
+    };
+    let state = State::open(dir.path()).unwrap();
+    assert_eq!(
+        state.interrupted_at_open(),
+        [(id, "env".to_string()), (id, "slow".to_string())]
+    );
+    let rec = state.execution(id).unwrap().unwrap();
+    assert_eq!(rec.status, Status::Interrupted);
+    let statuses: Vec<(&str, Status, Vec<Status>)> = rec
+        .operations
+        .iter()
+        .map(|o| {
+            (
+                o.op_id.as_str(),
+                o.status,
+                o.steps.iter().map(|s| s.status).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("env", Status::Interrupted, vec![]),
+            ("first", Status::Succeeded, vec![Status::Succeeded]),
+            (
+                "slow",
+                Status::Interrupted,
+                vec![Status::Interrupted, Status::Cancelled]
+            ),
+            ("later", Status::Cancelled, vec![Status::Cancelled]),
+        ]
+    );
+    assert_eq!(
+        rec.operation("slow").unwrap().error.as_deref(),
+        Some("the keystone process running it stopped")
+    );
+    // Opening again finds nothing left to recover.
+    drop(state);
+    assert!(
+        State::open(dir.path())
+            .unwrap()
+            .interrupted_at_open()
+            .is_empty()
+    );
+}
+
+#[test]
+fn one_process_owns_a_state_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = State::open(dir.path()).unwrap();
+    let err = State::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StateError::Locked { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "state directory {0} is in use by another keystone process (it holds {0}/keystone.lock); stop it or use another --state",
+            dir.path().display()
+        )
+    );
+    drop(first);
+    State::open(dir.path()).unwrap();
+}
+
+#[test]
+fn applied_state_round_trips_per_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let applied = AppliedEnvironment {
+        environment: "shop/production".into(),
+        commit: "e4f5a6b".into(),
+        images: [(
+            "web".to_string(),
+            "10.77.0.1:5000/acme/shop@sha256:ab".to_string(),
+        )]
+        .into(),
+        replicas: [(
+            "web".to_string(),
+            vec![AppliedReplica {
+                index: 1,
+                server: "web-1".into(),
+                container: "shop-production-web-1".into(),
+                port: Some(20001),
+                image: "10.77.0.1:5000/acme/shop@sha256:ab".into(),
+                config_sha256: Some("cafe".into()),
+            }],
+        )]
+        .into(),
+    };
+    {
+        let state = State::open(dir.path()).unwrap();
+        assert_eq!(state.applied("shop/production").unwrap(), None);
+        state.record_applied(&applied).unwrap();
+        let mut staging = applied.clone();
+        staging.environment = "shop/staging".into();
+        state.record_applied(&staging).unwrap();
+        let mut newer = applied.clone();
+        newer.commit = "0000001".into();
+        state.record_applied(&newer).unwrap();
+    }
+    let state = State::open(dir.path()).unwrap();
+    let got = state.applied("shop/production").unwrap().unwrap();
+    assert_eq!(got.commit, "0000001");
+    assert_eq!(got.replicas, applied.replicas);
+    assert_eq!(
+        state.applied_all().unwrap().keys().collect::<Vec<_>>(),
+        ["shop/production", "shop/staging"]
+    );
+}
+
+#[test]
+fn a_slice_value_is_held_by_one_environment_at_a_time() {
+    let state = State::open_in_memory().unwrap();
+    let slice = |env: &str, role: &str, value: &str| SliceAssignment {
+        service: "main-valkey".into(),
+        environment: env.into(),
+        role: role.into(),
+        value: value.into(),
+    };
+    state
+        .assign_slice(&slice("shop/production", "cache", "0"))
+        .unwrap();
+    state
+        .assign_slice(&slice("shop/production", "session", "1"))
+        .unwrap();
+    let err = state
+        .assign_slice(&slice("shop/staging", "cache", "1"))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "slice \"1\" of main-valkey is already held by shop/production (session)"
+    );
+    state
+        .assign_slice(&slice("shop/staging", "cache", "2"))
+        .unwrap();
+    // Re-assigning the same role of the same environment replaces its value.
+    state
+        .assign_slice(&slice("shop/staging", "cache", "3"))
+        .unwrap();
+    assert_eq!(
+        state.slices().unwrap(),
+        [
+            slice("shop/production", "cache", "0"),
+            slice("shop/production", "session", "1"),
+            slice("shop/staging", "cache", "3")
+        ]
+    );
+    state
+        .release_slices("main-valkey", "shop/production")
+        .unwrap();
+    assert_eq!(
+        state.slices().unwrap(),
+        [slice("shop/staging", "cache", "3")]
+    );
+}
+
+#[test]
+fn credentials_are_generated_once_and_stored_encrypted_to_the_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/config-repo/TEST-ONLY-age-key.txt"
+    );
+    let identity = load_identity(std::path::Path::new(key_file)).unwrap();
+    let calls = AtomicUsize::new(0);
+    let generate = || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        "pg-admin-Zx81-secret".to_string()
+    };
+    {
+        let state = State::open(dir.path())
+            .unwrap()
+            .with_identity(identity.clone());
+        assert_eq!(
+            state
+                .credential("main-postgres", "admin_password", generate)
+                .unwrap(),
+            "pg-admin-Zx81-secret"
+        );
+        assert_eq!(
+            state
+                .credential("main-postgres", "admin_password", || unreachable!(
+                    "already generated"
+                ))
+                .unwrap(),
+            "pg-admin-Zx81-secret"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let state = State::open(dir.path())
+        .unwrap()
+        .with_identity(identity.clone());
+    assert_eq!(
+        state
+            .credential("main-postgres", "admin_password", || unreachable!())
+            .unwrap(),
+        "pg-admin-Zx81-secret"
+    );
+    drop(state);
+    // At rest it is an age file, not the value.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes.windows(20).any(|w| w == b"pg-admin-Zx81-secret"));
+    }
+    let conn = rusqlite_free_read(dir.path());
+    assert!(
+        conn.starts_with(b"age-encryption.org/v1\n"),
+        "{:?}",
+        String::from_utf8_lossy(&conn[..30])
+    );
+
+    // Another identity cannot read it; no identity cannot create one.
+    let other = State::open(dir.path())
+        .unwrap()
+        .with_identity(age::x25519::Identity::generate());
+    let err = other
+        .credential("main-postgres", "admin_password", || unreachable!())
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "credential main-postgres/admin_password cannot be decrypted with this age identity"
+        ),
+        "{err}"
+    );
+    drop(other);
+    let none = State::open(dir.path()).unwrap();
+    assert_eq!(
+        none.credential("main-valkey", "password", || "x".into())
+            .unwrap_err()
+            .to_string(),
+        "credential main-valkey/password: no age identity to encrypt it to (give the daemon its identity with --age-key-file)"
+    );
+}
+
+/// The stored ciphertext, read with the sqlite3 library directly.
+fn rusqlite_free_read(dir: &std::path::Path) -> Vec<u8> {
+    let conn = rusqlite::Connection::open(dir.join("state.sqlite3")).unwrap();
+    conn.query_row("SELECT ciphertext FROM credentials", [], |r| r.get(0))
+        .unwrap()
+}
