@@ -748,95 +748,236 @@ async fn shutdown_gives_running_steps_a_grace_period_and_starts_nothing_new() {
     assert_eq!(h.rec.started(), ["s1: sleep 150"]);
 }
 
-#[tokio::test]
-async fn captures_fill_later_scripts_quoted_and_payloads_raw() {
-    let h = harness(fast());
-    let mut build = step_on("builder", "print building\\nsha256:abc123\\n");
-    build.capture = Some("digest:shop".into());
-    let mut evil = step_on("builder", "print it's $(here)\\n");
-    evil.capture = Some("note:x".into());
-    let upload = Step {
-        name: "upload compose.yml".into(),
-        target: Target::Server("web-1".into()),
+const DIGEST: &str = "sha256:4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c4c";
+
+struct TestValues;
+impl keystone::execute::Values for TestValues {
+    fn secret(&self, path: &str) -> Result<String, String> {
+        match path {
+            "registry.password" => Ok("reg-PW-77".into()),
+            _ => Err(format!("no secret {path}")),
+        }
+    }
+    fn generated(&self, key: &str) -> Result<String, String> {
+        Ok(format!("GEN-{key}-XYZ"))
+    }
+}
+
+fn upload_step(server: &str, path: &str, contents: &[u8]) -> Step {
+    Step {
+        name: format!("upload {path}"),
+        target: Target::Server(server.into()),
         action: StepAction::Upload {
-            path: "/srv/compose.yml".into(),
+            path: path.into(),
             mode: 0o640,
             contents: Payload {
-                bytes: b"image: r/shop@{{digest:shop}}\n".to_vec(),
-                summary: "compose.yml".into(),
+                bytes: contents.to_vec(),
+                summary: path.into(),
                 sha256: String::new(),
             },
         },
         timeout: Duration::from_secs(5),
         idempotent: true,
         capture: None,
-    };
+    }
+}
+
+#[tokio::test]
+async fn captures_fill_later_scripts_and_payloads_and_filled_secrets_are_redacted() {
+    let rec = Arc::new(Recording::default());
+    let log = Arc::new(Log::default());
+    let exec = Executor::new(
+        Arc::new(RecordingTransport(rec.clone())),
+        log.clone(),
+        Redactor::none(),
+        fast(),
+    )
+    .with_values(Arc::new(TestValues));
+    let mut build = step_on("builder", &format!("print building\\n{DIGEST}\\n"));
+    build.capture = Some("digest:shop".into());
     let tree = op(
         "root",
         None,
-        vec![build, evil],
+        vec![build],
         vec![op(
             "replica",
             Some("web-1"),
             vec![
-                upload,
-                step_on("web-1", "print {{note:x}} @{{digest:shop}} {{.State}}"),
+                upload_step(
+                    "web-1",
+                    "/srv/compose.yml",
+                    b"image: r/shop@{{digest:shop}}\n",
+                ),
+                upload_step(
+                    "web-1",
+                    "/srv/.env",
+                    b"PW={{secret:registry.password}}\nDB={{generated:pg/shop}}\n",
+                ),
+                step_on(
+                    "web-1",
+                    "print pulling r@{{digest:shop}} {{.State}} and leaking reg-PW-77 GEN-pg/shop-XYZ",
+                ),
             ],
             vec![],
         )],
     );
-    let report = h.exec.execute(&tree, &Shutdown::new()).await;
+    let report = exec.execute(&tree, &Shutdown::new()).await;
     assert!(report.converged(), "{report:?}");
     assert_eq!(
         report.captures.get("digest:shop").map(String::as_str),
-        Some("sha256:abc123")
+        Some(DIGEST)
     );
-    let uploads = h.rec.uploads.lock().unwrap().clone();
+    let uploads = rec.uploads.lock().unwrap().clone();
     assert_eq!(
         uploads,
-        [(
-            "web-1".to_string(),
-            "/srv/compose.yml".to_string(),
-            b"image: r/shop@sha256:abc123\n".to_vec(),
-            0o640
-        )]
+        [
+            (
+                "web-1".to_string(),
+                "/srv/compose.yml".to_string(),
+                format!("image: r/shop@{DIGEST}\n").into_bytes(),
+                0o640
+            ),
+            (
+                "web-1".to_string(),
+                "/srv/.env".to_string(),
+                b"PW=reg-PW-77\nDB=GEN-pg/shop-XYZ\n".to_vec(),
+                0o640
+            ),
+        ]
     );
     assert_eq!(
-        h.rec.started().last().unwrap(),
-        "web-1: print 'it'\\''s $(here)' @sha256:abc123 {{.State}}"
+        rec.started().last().unwrap(),
+        &format!(
+            "web-1: print pulling r@{DIGEST} {{{{.State}}}} and leaking reg-PW-77 GEN-pg/shop-XYZ"
+        )
+    );
+    let log = log.0.lock().unwrap().clone();
+    let printed = log
+        .iter()
+        .find(|l| l.starts_with("output replica"))
+        .unwrap();
+    assert!(
+        printed.ends_with("and leaking [redacted] [redacted]\""),
+        "{printed}"
     );
 
-    // A placeholder nobody captured fails its step without running it.
-    let h = harness(fast());
+    // A digest nobody captured fails its step without running it; so does a secret in a script.
+    for script in ["print {{digest:web}}", "print {{secret:registry.password}}"] {
+        let h = harness(fast());
+        let tree = op("root", None, vec![step_on("s1", script)], vec![]);
+        let report = h.exec.execute(&tree, &Shutdown::new()).await;
+        assert_eq!(report.status(), Status::Failed);
+        assert!(h.rec.started().is_empty());
+        assert_eq!(report.root.steps[0].attempts, 1);
+    }
+
+    // A digest capture must be a digest; a capture step that prints nothing fails.
+    for (script, error) in [
+        (
+            "print latest",
+            "captured `digest:shop` is not a sha256:<64 hex> digest: \"latest\"",
+        ),
+        (
+            "ok",
+            "printed nothing on stdout, but its output was to be captured as `digest:shop`",
+        ),
+    ] {
+        let h = harness(fast());
+        let mut step = step_on("s1", script);
+        step.capture = Some("digest:shop".into());
+        let report = h
+            .exec
+            .execute(&op("root", None, vec![step], vec![]), &Shutdown::new())
+            .await;
+        assert_eq!(report.root.steps[0].error.as_deref(), Some(error));
+    }
+}
+
+struct FixedDigest;
+impl keystone::execute::DigestResolver for FixedDigest {
+    fn resolve<'a>(
+        &'a self,
+        image: &'a str,
+        registry: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            match (image, registry) {
+                ("10.77.0.1:5000/acme/shop:latest", Some("main")) => Ok(DIGEST.to_string()),
+                _ => Err(format!("manifest unknown: {image}")),
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn resolve_digest_steps_capture_what_the_resolver_answers() {
+    let resolve = |image: &str| Step {
+        name: "resolve".into(),
+        target: Target::Local,
+        action: StepAction::ResolveDigest {
+            image: image.into(),
+            registry: Some("main".into()),
+        },
+        timeout: Duration::from_secs(5),
+        idempotent: true,
+        capture: Some("digest:shop".into()),
+    };
+    let rec = Arc::new(Recording::default());
+    let exec = Executor::new(
+        Arc::new(RecordingTransport(rec.clone())),
+        Arc::new(Log::default()),
+        Redactor::none(),
+        fast(),
+    )
+    .with_digest_resolver(Arc::new(FixedDigest));
     let tree = op(
         "root",
         None,
-        vec![step_on("s1", "print {{digest:web}}")],
+        vec![
+            resolve("10.77.0.1:5000/acme/shop:latest"),
+            step_on("web-1", "print {{digest:shop}}"),
+        ],
         vec![],
     );
-    let report = h.exec.execute(&tree, &Shutdown::new()).await;
-    assert_eq!(report.status(), Status::Failed);
-    assert!(h.rec.started().is_empty());
-    assert!(
-        report
-            .root
-            .error
-            .as_deref()
-            .unwrap()
-            .contains("placeholder {{digest:web}} has no value")
-    );
+    let report = exec.execute(&tree, &Shutdown::new()).await;
+    assert!(report.converged(), "{report:?}");
+    assert_eq!(rec.started(), [format!("web-1: print {DIGEST}")]);
 
-    // A capture step that prints nothing fails.
-    let h = harness(fast());
-    let mut quiet = step_on("s1", "ok");
-    quiet.capture = Some("digest:shop".into());
-    let report = h
-        .exec
-        .execute(&op("root", None, vec![quiet], vec![]), &Shutdown::new())
+    let report = exec
+        .execute(
+            &op(
+                "root",
+                None,
+                vec![resolve("10.77.0.1:5000/acme/shop:nope")],
+                vec![],
+            ),
+            &Shutdown::new(),
+        )
         .await;
     assert_eq!(
         report.root.steps[0].error.as_deref(),
-        Some("printed nothing on stdout, but its output was to be captured as `digest:shop`")
+        Some("manifest unknown: 10.77.0.1:5000/acme/shop:nope")
+    );
+    assert_eq!(report.root.steps[0].attempts, 3, "idempotent: retried");
+
+    let h = harness(fast());
+    let report = h
+        .exec
+        .execute(
+            &op(
+                "root",
+                None,
+                vec![resolve("10.77.0.1:5000/acme/shop:latest")],
+                vec![],
+            ),
+            &Shutdown::new(),
+        )
+        .await;
+    assert_eq!(
+        report.root.steps[0].error.as_deref(),
+        Some(
+            "no registry client was given to this execution to resolve 10.77.0.1:5000/acme/shop:latest"
+        )
     );
 }
 

@@ -8,10 +8,13 @@ use std::time::Duration;
 use keystone::execute::{
     Event, ExecuteOptions, Executor, LocalTransport, Observer, Redactor, Shutdown, Status,
 };
-use keystone::plan::{Children, Operation, OperationKind, Payload, Step, StepAction, Target};
-use keystone::state::{
-    AppliedEnvironment, AppliedReplica, SliceAssignment, State, StateError, load_identity,
+use keystone::model::AttachmentRole;
+use keystone::plan::{
+    Applied, AppliedAppService, AppliedEnvironment, AppliedImage, AppliedReplica,
+    AppliedSharedService, AppliedSlice,
 };
+use keystone::plan::{Children, Operation, OperationKind, Payload, Step, StepAction, Target};
+use keystone::state::{State, StateError, load_identity};
 
 fn run(name: &str, script: &str) -> Step {
     Step {
@@ -318,94 +321,87 @@ fn one_process_owns_a_state_directory() {
 }
 
 #[test]
-fn applied_state_round_trips_per_environment() {
+fn applied_state_round_trips_per_environment_and_service() {
     let dir = tempfile::tempdir().unwrap();
-    let applied = AppliedEnvironment {
-        environment: "shop/production".into(),
-        commit: "e4f5a6b".into(),
-        images: [(
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let production = AppliedEnvironment {
+        config_commit: "e4f5a6b".into(),
+        image: Some(AppliedImage {
+            repository: "10.77.0.1:5000/acme/shop".into(),
+            digest: digest.clone(),
+        }),
+        services: [(
             "web".to_string(),
-            "10.77.0.1:5000/acme/shop@sha256:ab".to_string(),
+            AppliedAppService {
+                driver: "laravel".into(),
+                replicas: vec![AppliedReplica {
+                    index: 1,
+                    server: "web-1".into(),
+                    slot: "a".into(),
+                    container: "shop-production-web-1-a".into(),
+                    project: "shop-production-web-1".into(),
+                    host_port: Some(20001),
+                    digest: digest.clone(),
+                    env_fingerprint: Some("sha256:00".into()),
+                }],
+            },
         )]
         .into(),
-        replicas: [(
-            "web".to_string(),
-            vec![AppliedReplica {
-                index: 1,
-                server: "web-1".into(),
-                container: "shop-production-web-1".into(),
-                port: Some(20001),
-                image: "10.77.0.1:5000/acme/shop@sha256:ab".into(),
-                config_sha256: Some("cafe".into()),
-            }],
+        slices: [(
+            "main-valkey".to_string(),
+            AppliedSlice::ValkeyDatabase {
+                index: 3,
+                roles: vec![AttachmentRole::Cache],
+            },
         )]
         .into(),
+        ..Default::default()
     };
     {
         let state = State::open(dir.path()).unwrap();
-        assert_eq!(state.applied("shop/production").unwrap(), None);
-        state.record_applied(&applied).unwrap();
-        let mut staging = applied.clone();
-        staging.environment = "shop/staging".into();
-        state.record_applied(&staging).unwrap();
-        let mut newer = applied.clone();
-        newer.commit = "0000001".into();
-        state.record_applied(&newer).unwrap();
+        assert_eq!(state.applied().unwrap(), Applied::default());
+        state
+            .record_environment("shop/production", &production)
+            .unwrap();
+        let staging = AppliedEnvironment {
+            config_commit: "e4f5a6b".into(),
+            ..Default::default()
+        };
+        state.record_environment("shop/staging", &staging).unwrap();
+        let newer = AppliedEnvironment {
+            config_commit: "0000001".into(),
+            ..production.clone()
+        };
+        state.record_environment("shop/production", &newer).unwrap();
+        state
+            .record_shared_service(
+                "main-postgres",
+                &AppliedSharedService {
+                    driver: "postgres18".into(),
+                    image: "10.77.0.1:5000/standin/postgres:18".into(),
+                    digest: Some(digest.clone()),
+                    replicas: vec![],
+                    volumes: vec!["keystone_service_main-postgres_data".into()],
+                },
+            )
+            .unwrap();
     }
     let state = State::open(dir.path()).unwrap();
-    let got = state.applied("shop/production").unwrap().unwrap();
-    assert_eq!(got.commit, "0000001");
-    assert_eq!(got.replicas, applied.replicas);
+    let applied = state.applied().unwrap();
     assert_eq!(
-        state.applied_all().unwrap().keys().collect::<Vec<_>>(),
+        applied.environments.keys().collect::<Vec<_>>(),
         ["shop/production", "shop/staging"]
     );
-}
-
-#[test]
-fn a_slice_value_is_held_by_one_environment_at_a_time() {
-    let state = State::open_in_memory().unwrap();
-    let slice = |env: &str, role: &str, value: &str| SliceAssignment {
-        service: "main-valkey".into(),
-        environment: env.into(),
-        role: role.into(),
-        value: value.into(),
-    };
-    state
-        .assign_slice(&slice("shop/production", "cache", "0"))
-        .unwrap();
-    state
-        .assign_slice(&slice("shop/production", "session", "1"))
-        .unwrap();
-    let err = state
-        .assign_slice(&slice("shop/staging", "cache", "1"))
-        .unwrap_err();
+    let got = applied.environment("shop", "production").unwrap();
+    assert_eq!(got.config_commit, "0000001");
+    assert_eq!(got.services, production.services);
+    assert_eq!(got.slices, production.slices);
     assert_eq!(
-        err.to_string(),
-        "slice \"1\" of main-valkey is already held by shop/production (session)"
+        applied.services["main-postgres"].volumes,
+        ["keystone_service_main-postgres_data"]
     );
-    state
-        .assign_slice(&slice("shop/staging", "cache", "2"))
-        .unwrap();
-    // Re-assigning the same role of the same environment replaces its value.
-    state
-        .assign_slice(&slice("shop/staging", "cache", "3"))
-        .unwrap();
-    assert_eq!(
-        state.slices().unwrap(),
-        [
-            slice("shop/production", "cache", "0"),
-            slice("shop/production", "session", "1"),
-            slice("shop/staging", "cache", "3")
-        ]
-    );
-    state
-        .release_slices("main-valkey", "shop/production")
-        .unwrap();
-    assert_eq!(
-        state.slices().unwrap(),
-        [slice("shop/staging", "cache", "3")]
-    );
+    state.forget_environment("shop/staging").unwrap();
+    assert_eq!(state.applied().unwrap().environments.len(), 1);
 }
 
 #[test]
@@ -484,6 +480,19 @@ fn credentials_are_generated_once_and_stored_encrypted_to_the_identity() {
             .to_string(),
         "credential main-valkey/password: no age identity to encrypt it to (give the daemon its identity with --age-key-file)"
     );
+    drop(none);
+
+    // {{generated:…}} values: 32 random bytes as URL-safe base64, stable once made.
+    let state = State::open(dir.path()).unwrap().with_identity(identity);
+    let a = state.generated("main-postgres/shop-production").unwrap();
+    assert_eq!(a.len(), 43);
+    assert!(
+        a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "{a}"
+    );
+    assert_eq!(state.generated("main-postgres/shop-production").unwrap(), a);
+    assert_ne!(state.generated("main-postgres/shop-staging").unwrap(), a);
 }
 
 /// The stored ciphertext, read with the sqlite3 library directly.

@@ -62,25 +62,20 @@ CREATE TABLE step_output (
     FOREIGN KEY (execution_id, op_id, position) REFERENCES steps(execution_id, op_id, position) ON DELETE CASCADE
 );
 
--- What is deployed, per environment: commit, digests, placement, replica ports (JSON, see
--- state::AppliedEnvironment).
+-- What is deployed (plan::Applied, split by key so one environment's record never rewrites
+-- another's): one plan::AppliedEnvironment per environment, one plan::AppliedSharedService per
+-- shared service, as JSON.
 CREATE TABLE applied_environments (
     environment   TEXT PRIMARY KEY,  -- app/env
-    commit_id     TEXT NOT NULL,
-    applied_at    TEXT NOT NULL,
+    config_commit TEXT NOT NULL,
+    recorded_at   TEXT NOT NULL,
     data          TEXT NOT NULL
 );
 
--- Slices of shared services held by environments: a Valkey logical db index per role, a Postgres
--- database name. A value is held by one environment at a time.
-CREATE TABLE slice_assignments (
-    service       TEXT NOT NULL,
-    environment   TEXT NOT NULL,
-    role          TEXT NOT NULL,     -- database | cache | session | queue | ...
-    value         TEXT NOT NULL,
-    assigned_at   TEXT NOT NULL,
-    PRIMARY KEY (service, environment, role),
-    UNIQUE (service, value)
+CREATE TABLE applied_services (
+    service       TEXT PRIMARY KEY,
+    recorded_at   TEXT NOT NULL,
+    data          TEXT NOT NULL
 );
 
 -- Generated credentials (e.g. a Postgres admin password), age-encrypted to the daemon's identity.

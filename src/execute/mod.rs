@@ -9,6 +9,7 @@ pub mod local;
 pub mod orchestrator;
 pub mod output;
 pub mod placeholders;
+pub mod registry;
 mod stdio;
 pub mod transport;
 
@@ -16,4 +17,6 @@ pub use events::{Event, NoObserver, Observer, Observers, Status};
 pub use local::LocalTransport;
 pub use orchestrator::{ExecuteOptions, Executor, OperationReport, Report, Shutdown, StepReport};
 pub use output::{CappedText, Output, Redactor, Stream};
+pub use placeholders::{NoValues, Values};
+pub use registry::DigestResolver;
 pub use transport::{BoxFuture, Transport, TransportError};

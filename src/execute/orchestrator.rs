@@ -23,8 +23,9 @@ use tokio::sync::watch;
 use crate::plan::{Children, Operation, Step, StepAction};
 
 use super::events::{Event, Observer, Status};
-use super::output::{Output, Redactor};
-use super::placeholders::{fill_payload, fill_script};
+use super::output::{Output, Redactor, Stream};
+use super::placeholders::{NoValues, Values, fill_payload, fill_script, is_digest};
+use super::registry::DigestResolver;
 use super::transport::{BoxFuture, Transport};
 
 /// Knobs of one execution.
@@ -155,6 +156,8 @@ pub struct Executor {
     observer: Arc<dyn Observer>,
     redactor: Redactor,
     options: ExecuteOptions,
+    values: Arc<dyn Values>,
+    digests: Option<Arc<dyn DigestResolver>>,
 }
 
 impl Executor {
@@ -169,7 +172,21 @@ impl Executor {
             observer,
             redactor,
             options,
+            values: Arc::new(NoValues),
+            digests: None,
         }
+    }
+
+    /// Where `{{secret:…}}` and `{{generated:…}}` values come from.
+    pub fn with_values(mut self, values: Arc<dyn Values>) -> Self {
+        self.values = values;
+        self
+    }
+
+    /// What answers `ResolveDigest` steps.
+    pub fn with_digest_resolver(mut self, resolver: Arc<dyn DigestResolver>) -> Self {
+        self.digests = Some(resolver);
+        self
     }
 
     /// Run the tree rooted at `root` until it converged, failed, or `shutdown` stopped it.
@@ -191,6 +208,7 @@ impl Executor {
             shutdown: shutdown.clone(),
             halted: AtomicBool::new(false),
             captures: Mutex::new(captures),
+            filled_secrets: Arc::new(Mutex::new(Vec::new())),
         };
         let report = run.operation(root).await;
         self.observer.on_event(&Event::ExecutionFinished {
@@ -209,6 +227,8 @@ struct Run<'e> {
     /// Set by the first failure: nothing new starts afterwards.
     halted: AtomicBool,
     captures: Mutex<BTreeMap<String, String>>,
+    /// Secret and generated values filled into payloads so far: redacted from all output.
+    filled_secrets: Arc<Mutex<Vec<String>>>,
 }
 
 enum Attempt {
@@ -398,7 +418,7 @@ impl<'e> Run<'e> {
             });
             let started = Instant::now();
             let observer = &self.exec.observer;
-            let mut out = Output::new(self.exec.redactor.clone(), |stream, text| {
+            let mut out = Output::new(self.redactor(), |stream, text| {
                 observer.on_event(&Event::StepOutput {
                     op,
                     index,
@@ -478,6 +498,21 @@ impl<'e> Run<'e> {
         }
     }
 
+    /// The caller's redactor, then every secret value this execution filled in so far.
+    fn redactor(&self) -> Redactor {
+        let base = self.exec.redactor.clone();
+        let filled = self.filled_secrets.clone();
+        Redactor::new(move |text| {
+            let mut text = base.redact(text);
+            for secret in filled.lock().unwrap().iter() {
+                if !secret.is_empty() && text.contains(secret.as_str()) {
+                    text = text.replace(secret.as_str(), "[redacted]");
+                }
+            }
+            text
+        })
+    }
+
     fn capture(&self, step: &Step, out: &Output<'_>) -> Result<(), String> {
         let Some(name) = &step.capture else {
             return Ok(());
@@ -485,6 +520,11 @@ impl<'e> Run<'e> {
         let value = out.capture_value().ok_or_else(|| {
             format!("printed nothing on stdout, but its output was to be captured as `{name}`")
         })?;
+        if name.starts_with("digest:") && !is_digest(&value) {
+            return Err(format!(
+                "captured `{name}` is not a sha256:<64 hex> digest: {value:?}"
+            ));
+        }
         self.captures.lock().unwrap().insert(name.clone(), value);
         Ok(())
     }
@@ -492,15 +532,20 @@ impl<'e> Run<'e> {
     async fn attempt(&self, step: &Step, out: &mut Output<'_>) -> Attempt {
         let captures = self.captures.lock().unwrap().clone();
         let transport = &self.exec.transport;
+        let values = &*self.exec.values;
+        let permanent = |e: super::placeholders::FillError| (e.to_string(), true);
+        let remember = |secrets: Vec<String>| self.filled_secrets.lock().unwrap().extend(secrets);
         let work = async {
             match &step.action {
                 StepAction::Run { script, stdin } => {
-                    let script =
-                        fill_script(script, &captures).map_err(|e| (e.to_string(), true))?;
+                    let script = fill_script(script, &captures).map_err(permanent)?;
                     let stdin = match stdin {
-                        Some(p) => Some(
-                            fill_payload(&p.bytes, &captures).map_err(|e| (e.to_string(), true))?,
-                        ),
+                        Some(p) => {
+                            let filled =
+                                fill_payload(&p.bytes, &captures, values).map_err(permanent)?;
+                            remember(filled.secrets);
+                            Some(filled.value)
+                        }
                         None => None,
                     };
                     transport
@@ -513,12 +558,30 @@ impl<'e> Run<'e> {
                     mode,
                     contents,
                 } => {
-                    let bytes = fill_payload(&contents.bytes, &captures)
-                        .map_err(|e| (e.to_string(), true))?;
+                    let filled =
+                        fill_payload(&contents.bytes, &captures, values).map_err(permanent)?;
+                    remember(filled.secrets);
                     transport
-                        .upload(&step.target, path, &bytes, *mode, step.timeout, out)
+                        .upload(&step.target, path, &filled.value, *mode, step.timeout, out)
                         .await
                         .map_err(|e| (e.to_string(), e.is_permanent()))
+                }
+                StepAction::ResolveDigest { image, registry } => {
+                    let Some(resolver) = &self.exec.digests else {
+                        return Err((
+                            format!(
+                                "no registry client was given to this execution to resolve {image}"
+                            ),
+                            true,
+                        ));
+                    };
+                    let digest = resolver
+                        .resolve(image, registry.as_deref())
+                        .await
+                        .map_err(|e| (e, false))?;
+                    out.push(Stream::Stdout, format!("{digest}\n").as_bytes());
+                    out.finish();
+                    Ok(Some(0))
                 }
             }
         };

@@ -16,10 +16,11 @@ use std::sync::{LazyLock, Mutex};
 use include_dir::{Dir, include_dir};
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::Migrations;
-use serde::{Deserialize, Serialize};
 
 use crate::execute::Status;
-use crate::plan::{Operation, StepAction, Target};
+use crate::plan::{
+    Applied, AppliedEnvironment, AppliedSharedService, Operation, StepAction, Target,
+};
 
 pub use recorder::Recorder;
 
@@ -65,59 +66,21 @@ pub enum StateError {
     },
     #[error("{path}: not an age identity file (expected a line starting with AGE-SECRET-KEY-1)")]
     BadIdentity { path: String },
-    #[error("applied state of {environment} in the database is unreadable: {detail}")]
-    Corrupt { environment: String, detail: String },
-    #[error("slice {value:?} of {service} is already held by {holder}")]
-    SliceTaken {
-        service: String,
-        value: String,
-        holder: String,
-    },
+    #[error("applied state of {key} in the database is unreadable: {detail}")]
+    Corrupt { key: String, detail: String },
 }
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
+/// A key and the JSON stored under it.
+type KeyedJson = (String, String);
+
+/// Looks a secret up by `file.dotted.key`.
+type SecretLookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// The id of one execution (one run of a plan) in the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ExecutionId(pub i64);
-
-/// What is deployed in one environment (the planner's "applied" input).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AppliedEnvironment {
-    /// `app/env`.
-    pub environment: String,
-    /// The config commit last applied successfully.
-    pub commit: String,
-    /// Image by app service: `web` → `10.77.0.1:5000/acme/shop@sha256:…`.
-    pub images: BTreeMap<String, String>,
-    /// Replicas by app service, in replica order.
-    pub replicas: BTreeMap<String, Vec<AppliedReplica>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AppliedReplica {
-    /// 1-based.
-    pub index: u32,
-    pub server: String,
-    pub container: String,
-    /// Host port the replica publishes, when it publishes one.
-    pub port: Option<u16>,
-    pub image: String,
-    /// SHA-256 of what was rendered for it (compose.yml and .env), to tell a restart is needed.
-    pub config_sha256: Option<String>,
-}
-
-/// A slice of a shared service held by an environment (`main-valkey`, `shop/production`,
-/// `cache`, `3`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct SliceAssignment {
-    pub service: String,
-    pub environment: String,
-    pub role: String,
-    pub value: String,
-}
 
 /// An execution as recorded, for status pages and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,123 +330,92 @@ impl State {
         self.with_conn(|conn| read_execution(conn, id))
     }
 
-    /// What is deployed in `environment` (`app/env`), if anything.
-    pub fn applied(&self, environment: &str) -> Result<Option<AppliedEnvironment>> {
-        let data: Option<String> = self.with_conn(|conn| {
-            conn.query_row(
-                "SELECT data FROM applied_environments WHERE environment = ?1",
-                [environment],
-                |r| r.get(0),
-            )
-            .optional()
+    /// Everything deployed, as the planner reads it.
+    pub fn applied(&self) -> Result<Applied> {
+        let (envs, services): (Vec<KeyedJson>, Vec<KeyedJson>) = self.with_conn(|conn| {
+            let rows = |sql: &str| -> rusqlite::Result<Vec<KeyedJson>> {
+                let mut q = conn.prepare(sql)?;
+                q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+            };
+            Ok((
+                rows("SELECT environment, data FROM applied_environments ORDER BY 1")?,
+                rows("SELECT service, data FROM applied_services ORDER BY 1")?,
+            ))
         })?;
-        data.map(|d| {
-            serde_json::from_str(&d).map_err(|e| StateError::Corrupt {
-                environment: environment.to_string(),
+        let mut applied = Applied::default();
+        for (key, data) in envs {
+            let env = serde_json::from_str(&data).map_err(|e| StateError::Corrupt {
+                key: key.clone(),
                 detail: e.to_string(),
-            })
-        })
-        .transpose()
+            })?;
+            applied.environments.insert(key, env);
+        }
+        for (key, data) in services {
+            let svc = serde_json::from_str(&data).map_err(|e| StateError::Corrupt {
+                key: key.clone(),
+                detail: e.to_string(),
+            })?;
+            applied.services.insert(key, svc);
+        }
+        Ok(applied)
     }
 
-    /// Every environment's applied state, by `app/env`.
-    pub fn applied_all(&self) -> Result<BTreeMap<String, AppliedEnvironment>> {
-        let rows: Vec<(String, String)> = self.with_conn(|conn| {
-            let mut q =
-                conn.prepare("SELECT environment, data FROM applied_environments ORDER BY 1")?;
-            q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })?;
-        rows.into_iter()
-            .map(|(env, data)| {
-                let applied = serde_json::from_str(&data).map_err(|e| StateError::Corrupt {
-                    environment: env.clone(),
-                    detail: e.to_string(),
-                })?;
-                Ok((env, applied))
-            })
-            .collect()
-    }
-
-    /// Replace the applied state of `applied.environment`.
-    pub fn record_applied(&self, applied: &AppliedEnvironment) -> Result<()> {
+    /// Record what a successful deploy of `environment` (`app/env`) left running.
+    pub fn record_environment(
+        &self,
+        environment: &str,
+        applied: &AppliedEnvironment,
+    ) -> Result<()> {
         let data = serde_json::to_string(applied).expect("applied state serializes");
         self.with_conn(|conn| {
             conn.execute(
-                "INSERT INTO applied_environments (environment, commit_id, applied_at, data)
+                "INSERT INTO applied_environments (environment, config_commit, recorded_at, data)
                  VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (environment) DO UPDATE SET
-                   commit_id = excluded.commit_id, applied_at = excluded.applied_at,
+                   config_commit = excluded.config_commit, recorded_at = excluded.recorded_at,
                    data = excluded.data",
-                params![applied.environment, applied.commit, now(), data],
+                params![environment, applied.config_commit, now(), data],
             )
             .map(|_| ())
         })
     }
 
-    /// Every slice assignment, ordered by service, environment, role.
-    pub fn slices(&self) -> Result<Vec<SliceAssignment>> {
-        self.with_conn(|conn| {
-            let mut q = conn.prepare(
-                "SELECT service, environment, role, value FROM slice_assignments ORDER BY 1, 2, 3",
-            )?;
-            q.query_map([], |r| {
-                Ok(SliceAssignment {
-                    service: r.get(0)?,
-                    environment: r.get(1)?,
-                    role: r.get(2)?,
-                    value: r.get(3)?,
-                })
-            })?
-            .collect()
-        })
-    }
-
-    /// Record that `slice.environment` holds `slice.value` of `slice.service` for `slice.role`
-    /// (replacing what it held for that role). A value held by another environment is refused.
-    pub fn assign_slice(&self, slice: &SliceAssignment) -> Result<()> {
-        let holder: Option<String> = self.with_conn(|conn| {
-            conn.query_row(
-                "SELECT environment || ' (' || role || ')' FROM slice_assignments
-                 WHERE service = ?1 AND value = ?2 AND NOT (environment = ?3 AND role = ?4)",
-                params![slice.service, slice.value, slice.environment, slice.role],
-                |r| r.get(0),
-            )
-            .optional()
-        })?;
-        if let Some(holder) = holder {
-            return Err(StateError::SliceTaken {
-                service: slice.service.clone(),
-                value: slice.value.clone(),
-                holder,
-            });
-        }
+    /// Forget an environment that left the config (after its removal ran).
+    pub fn forget_environment(&self, environment: &str) -> Result<()> {
         self.with_conn(|conn| {
             conn.execute(
-                "INSERT INTO slice_assignments (service, environment, role, value, assigned_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (service, environment, role) DO UPDATE SET
-                   value = excluded.value, assigned_at = excluded.assigned_at",
-                params![
-                    slice.service,
-                    slice.environment,
-                    slice.role,
-                    slice.value,
-                    now()
-                ],
+                "DELETE FROM applied_environments WHERE environment = ?1",
+                [environment],
             )
             .map(|_| ())
         })
     }
 
-    /// Forget every slice `environment` holds of `service` (after the slice was removed).
-    pub fn release_slices(&self, service: &str, environment: &str) -> Result<()> {
+    /// Record what runs of shared service `service` after it was created or updated.
+    pub fn record_shared_service(
+        &self,
+        service: &str,
+        applied: &AppliedSharedService,
+    ) -> Result<()> {
+        let data = serde_json::to_string(applied).expect("applied state serializes");
         self.with_conn(|conn| {
             conn.execute(
-                "DELETE FROM slice_assignments WHERE service = ?1 AND environment = ?2",
-                params![service, environment],
+                "INSERT INTO applied_services (service, recorded_at, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (service) DO UPDATE SET
+                   recorded_at = excluded.recorded_at, data = excluded.data",
+                params![service, now(), data],
             )
             .map(|_| ())
+        })
+    }
+
+    /// The value of `{{generated:<key>}}`: 32 random bytes, URL-safe base64 without padding,
+    /// generated the first time and stored encrypted.
+    pub fn generated(&self, key: &str) -> Result<String> {
+        self.credential("generated", key, || {
+            use base64::Engine;
+            let bytes: [u8; 32] = rand::random();
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
         })
     }
 
@@ -537,6 +469,35 @@ impl State {
         .map_err(sql)?;
         tx.commit().map_err(sql)?;
         Ok(value)
+    }
+}
+
+/// Placeholder values for an execution: `{{secret:…}}` from the caller's decrypted secrets,
+/// `{{generated:…}}` from this state's encrypted credentials.
+pub struct StateValues {
+    state: std::sync::Arc<State>,
+    secrets: SecretLookup,
+}
+
+impl StateValues {
+    pub fn new(
+        state: std::sync::Arc<State>,
+        secrets: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            state,
+            secrets: Box::new(secrets),
+        }
+    }
+}
+
+impl crate::execute::Values for StateValues {
+    fn secret(&self, path: &str) -> Result<String, String> {
+        (self.secrets)(path).ok_or_else(|| format!("no secret {path} among the decrypted secrets"))
+    }
+
+    fn generated(&self, key: &str) -> Result<String, String> {
+        self.state.generated(key).map_err(|e| e.to_string())
     }
 }
 
@@ -602,6 +563,13 @@ fn insert_tree(
             } => (
                 "upload",
                 format!("{path} (mode {mode:o}): {}", contents.summary),
+            ),
+            StepAction::ResolveDigest { image, registry } => (
+                "resolve_digest",
+                match registry {
+                    Some(r) => format!("{image} (registry {r})"),
+                    None => image.clone(),
+                },
             ),
         };
         tx.execute(
