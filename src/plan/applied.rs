@@ -41,6 +41,10 @@ pub struct AppliedEnvironment {
     /// The application image that runs, pinned by digest.
     #[serde(default)]
     pub image: Option<AppliedImage>,
+    /// Fingerprint of the build inputs (source repo, ref, strategy, Dockerfile, context,
+    /// registry, repository, tag): a change means a new build.
+    #[serde(default)]
+    pub build: Option<String>,
     /// Application services (`services.<name>` of the environment file) by name.
     #[serde(default)]
     pub services: BTreeMap<String, AppliedAppService>,

@@ -1,0 +1,1636 @@
+//! The plan of one environment: blockers, changes and the `environment_deploy` tree.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::applied::{
+    Applied, AppliedAppService, AppliedEnvironment, AppliedImage, AppliedReplica, AppliedSlice,
+    AppliedVariable, VariableSource, plain_fingerprint,
+};
+use super::changes::{Change, show_value, short_commit, short_digest};
+use super::driving::{self, Variable};
+use super::ops::{Children, Operation, OperationKind, Placeholder, Step, StepAction, Target};
+use super::script::{self, BuildSpec, RegistryLogin, payload};
+use super::{EnvironmentPlan, EnvironmentStatus, Finding, PlanContext, Request, SecretState};
+use crate::model::{
+    Application, AttachmentRole, BuildStrategy, Environment, MigrationTiming, Model, SecretRef,
+    Value,
+};
+
+/// The Caddy server (in the gateway's JSON config) that holds the environments' routes.
+/// (interim: the caddy2 driver's base config names it)
+pub const CADDY_SERVER: &str = "keystone";
+/// How long the cutover waits for the old upstreams to finish their requests.
+/// (interim: the caddy2 driver's drain timeout)
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+const SHORT: Duration = Duration::from_secs(60);
+const PULL: Duration = Duration::from_secs(600);
+const BUILD: Duration = Duration::from_secs(1800);
+const MIGRATE: Duration = Duration::from_secs(900);
+
+/// Why a replica is (re)deployed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Action {
+    New,
+    Replace(String),
+    Keep,
+}
+
+/// One replica as the config wants it.
+struct Want {
+    service: String,
+    index: u32,
+    server: String,
+    slot: String,
+    name: String,
+    host_port: u16,
+    fingerprint: String,
+    scheduler: bool,
+    action: Action,
+    /// The running replica it replaces (same index), if any.
+    previous: Option<AppliedReplica>,
+}
+
+impl Want {
+    fn label(&self) -> String {
+        format!("{}#{}", self.service, self.index)
+    }
+}
+
+/// Everything the tree builders share.
+struct Env<'a> {
+    model: &'a Model,
+    app: &'a Application,
+    env: &'a Environment,
+    ctx: &'a PlanContext,
+    applied: Option<&'a AppliedEnvironment>,
+    op_id: String,
+    root: String,
+    /// `repo@sha256:…`, `repo@{{digest:app}}` or `{{digest:app}}` (local build).
+    image_ref: String,
+    /// The digest recorded after the deploy (`{{digest:app}}` when built by this plan).
+    digest: String,
+    repository: String,
+    login: Option<RegistryLogin>,
+    variables: Vec<Variable>,
+}
+
+pub(super) fn plan_environment(
+    model: &Model,
+    applied: &Applied,
+    ctx: &PlanContext,
+    valkey: &BTreeMap<(String, String), u32>,
+    exhausted: &BTreeSet<(String, String)>,
+    app_name: &str,
+    env_name: &str,
+    mut blockers: Vec<Finding>,
+) -> EnvironmentPlan {
+    let key = format!("{app_name}/{env_name}");
+    let op_id = format!("{}-{app_name}-{env_name}", ctx.operation_prefix);
+    let applied_env = applied.environments.get(&key);
+    let mut out = EnvironmentPlan {
+        app: app_name.to_string(),
+        env: env_name.to_string(),
+        status: EnvironmentStatus::Unchanged,
+        summary: String::new(),
+        changes: Vec::new(),
+        operation_id: op_id.clone(),
+        operation: None,
+        blockers: Vec::new(),
+        warnings: Vec::new(),
+        applied_after: None,
+    };
+    let desired = model
+        .applications
+        .get(app_name)
+        .and_then(|a| a.environments.get(env_name).map(|e| (a, e)));
+
+    let Some((app, env)) = desired else {
+        if blockers.is_empty() {
+            if let Some(a) = applied_env {
+                return plan_removal(model, ctx, out, a);
+            }
+            blockers.push(Finding {
+                code: "environment-missing".into(),
+                location: None,
+                message: format!("{key} is not in the config"),
+                hint: None,
+            });
+        }
+        out.status = EnvironmentStatus::Blocked;
+        out.summary = blocked_summary(blockers.len());
+        out.blockers = blockers;
+        return out;
+    };
+
+    // Secrets this environment uses: variables, the deploy key, the registry's credentials.
+    let mut used: Vec<&SecretRef> = Vec::new();
+    for (_, v) in &env.variables {
+        if let Value::Secret(r) = v {
+            used.push(r);
+        }
+    }
+    if let Some(Value::Secret(r)) = &app.source.deploy_key {
+        used.push(r);
+    }
+    if let Some(reg) = app.build.registry.as_ref().and_then(|r| model.registries.get(r)) {
+        for v in [&reg.username, &reg.password].into_iter().flatten() {
+            if let Value::Secret(r) = v {
+                used.push(r);
+            }
+        }
+    }
+    let mut unchecked = BTreeSet::new();
+    for r in &used {
+        match ctx.secrets.get(&r.display_path()) {
+            Some(SecretState::Undecryptable { reason }) => blockers.push(Finding {
+                code: "undecryptable-secret".into(),
+                location: Some(r.origin.to_string()),
+                message: format!("secret {} cannot be decrypted: {reason}", r.display_path()),
+                hint: Some(
+                    "re-encrypt the file to the daemon's age recipient (keystone secrets set)"
+                        .into(),
+                ),
+            }),
+            Some(SecretState::Fingerprint { .. }) => {}
+            None => {
+                unchecked.insert(r.display_path());
+            }
+        }
+    }
+    if !unchecked.is_empty() {
+        out.warnings.push(Finding {
+            code: "secrets-not-checked".into(),
+            location: None,
+            message: format!(
+                "secret values not checked (no age identity): {}",
+                unchecked.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+            hint: Some("set SOPS_AGE_KEY_FILE to see whether they changed".into()),
+        });
+    }
+
+    let variables = driving::variables(env);
+
+    // Queue driver guard.
+    let queue = driving::queue_driver(env, &variables);
+    if let Some(before) = applied_env.and_then(|a| a.queue_driver.as_ref())
+        && queue.as_ref() != Some(before)
+        && !driving::queue_change_confirmed(env)
+    {
+        let origin = env
+            .attachments
+            .iter()
+            .find(|a| a.role == AttachmentRole::Queue)
+            .map(|a| a.origin.to_string())
+            .unwrap_or_else(|| env.origin.to_string());
+        blockers.push(Finding {
+            code: "queue-driver-change".into(),
+            location: Some(origin),
+            message: format!(
+                "the queue driver of {key} changes from {before} to {}: queued jobs of the old driver would be lost",
+                queue.as_deref().unwrap_or("the framework default")
+            ),
+            hint: Some(
+                "drain the queue, then add `confirm_queue_driver: true` to the queue attachment"
+                    .into(),
+            ),
+        });
+    }
+
+    // Build and registry checks (SPEC §5).
+    let all_servers: BTreeSet<&str> = env
+        .services
+        .values()
+        .flat_map(|s| s.servers.iter().take(s.replicas as usize).map(String::as_str))
+        .collect();
+    let registry = app.build.registry.as_ref().and_then(|r| model.registries.get(r));
+    match app.build.strategy {
+        BuildStrategy::Local if all_servers.len() > 1 => blockers.push(Finding {
+            code: "local-build-multi-server".into(),
+            location: Some(app.origin.to_string()),
+            message: format!(
+                "build strategy local needs every replica on one server; {key} places replicas on {}",
+                all_servers.iter().copied().collect::<Vec<_>>().join(", ")
+            ),
+            hint: Some("use strategy dedicated_builder with a registry".into()),
+        }),
+        BuildStrategy::DedicatedBuilder
+            if !model.servers.values().any(|s| s.has_role("builder")) =>
+        {
+            blockers.push(Finding {
+                code: "no-builder".into(),
+                location: Some(app.origin.to_string()),
+                message: "build strategy dedicated_builder needs a server with role builder; there is none".into(),
+                hint: Some("add `builder` to the roles of a server".into()),
+            })
+        }
+        _ => {}
+    }
+    if app.build.strategy != BuildStrategy::Local && registry.is_none() {
+        blockers.push(Finding {
+            code: "registry-required".into(),
+            location: Some(app.origin.to_string()),
+            message: format!(
+                "build strategy {} needs a registry",
+                strategy_name(app.build.strategy)
+            ),
+            hint: Some("set build.registry to a registry of registries/".into()),
+        });
+    }
+    for ((svc, k), ()) in exhausted.iter().map(|k| (k, ())) {
+        if k == &key {
+            blockers.push(Finding {
+                code: "valkey-indexes-exhausted".into(),
+                location: env
+                    .attachments
+                    .iter()
+                    .find(|a| &a.service == svc)
+                    .map(|a| a.origin.to_string()),
+                message: format!("{svc} has no free logical database left for {key}"),
+                hint: Some(format!("raise `databases:` of services/{svc}.yaml")),
+            });
+        }
+    }
+
+    let repository = match registry {
+        Some(r) => {
+            let mut repo = r.url.clone();
+            if let Some(ns) = &r.namespace {
+                repo.push('/');
+                repo.push_str(ns);
+            }
+            format!("{repo}/{}", app.build.repository)
+        }
+        None => format!("keystone-local/{}", app.build.repository),
+    };
+    let login = registry.and_then(|r| {
+        let password = r.password.as_ref()?;
+        Some(RegistryLogin {
+            host: r.url.clone(),
+            username: r.username.as_ref().map(value_text).unwrap_or_default(),
+            password: value_text(password),
+        })
+    });
+
+    // Build decision.
+    let source_commit = ctx.source_commits.get(&key).cloned();
+    let build_fp = build_fingerprint(app, env, registry.map(|r| r.name.as_str()));
+    let need_build = match applied_env.and_then(|a| a.image.as_ref()) {
+        None => true,
+        Some(_) => {
+            let a = applied_env.expect("image implies applied");
+            a.build.as_deref() != Some(build_fp.as_str())
+                || matches!((&source_commit, &a.source_commit), (Some(n), Some(o)) if n != o)
+                || (source_commit.is_some() && a.source_commit.is_none())
+        }
+    };
+    let digest = if need_build {
+        Placeholder::digest(&app.name)
+    } else {
+        applied_env
+            .and_then(|a| a.image.as_ref())
+            .map(|i| i.digest.clone())
+            .unwrap_or_default()
+    };
+    let image_ref = if app.build.strategy == BuildStrategy::Local {
+        digest.clone()
+    } else {
+        format!("{repository}@{digest}")
+    };
+
+    let e = Env {
+        model,
+        app,
+        env,
+        ctx,
+        applied: applied_env,
+        op_id: op_id.clone(),
+        root: model.project.remote_root.trim_end_matches('/').to_string(),
+        image_ref,
+        digest: digest.clone(),
+        repository: repository.clone(),
+        login,
+        variables,
+    };
+
+    // Desired replicas.
+    let holder = driving::scheduler_holder(env, applied_env.and_then(|a| a.scheduler_holder.as_ref()));
+    let mut wants: BTreeMap<String, Vec<Want>> = BTreeMap::new();
+    for (svc_name, svc) in &env.services {
+        let mut list = Vec::new();
+        for index in 1..=svc.replicas {
+            let server = svc.servers[((index - 1) as usize) % svc.servers.len().max(1)].clone();
+            let previous = applied_env
+                .and_then(|a| a.services.get(svc_name))
+                .and_then(|s| s.replicas.iter().find(|r| r.index == index))
+                .cloned();
+            let scheduler = driving::runs_scheduler(env, holder.as_ref(), svc_name, index);
+            let fingerprint = replica_fingerprint(&e, svc_name, scheduler);
+            let action = match &previous {
+                None => Action::New,
+                Some(p) if p.server != server => Action::Replace(format!("moved from {}", p.server)),
+                Some(p) if p.digest != digest => Action::Replace("image changed".into()),
+                Some(p) if p.env_fingerprint.as_deref() != Some(fingerprint.as_str()) => {
+                    Action::Replace("env changed".into())
+                }
+                Some(_) => Action::Keep,
+            };
+            let (slot, name, host_port) = match (&action, &previous) {
+                (Action::Keep, Some(p)) => (
+                    p.slot.clone(),
+                    p.container.clone(),
+                    p.host_port.unwrap_or_default(),
+                ),
+                _ => {
+                    let slot = driving::next_slot(previous.as_ref());
+                    (
+                        slot.clone(),
+                        driving::replica_name(app_name, env_name, svc_name, index, &slot),
+                        driving::host_port(app_name, env_name, svc_name, index, &slot),
+                    )
+                }
+            };
+            list.push(Want {
+                service: svc_name.clone(),
+                index,
+                server,
+                slot,
+                name,
+                host_port,
+                fingerprint,
+                scheduler,
+                action,
+                previous,
+            });
+        }
+        wants.insert(svc_name.clone(), list);
+    }
+
+    // Replicas that leave: by index beyond the new count, and whole services.
+    let mut leaving: BTreeMap<String, Vec<AppliedReplica>> = BTreeMap::new();
+    if let Some(a) = applied_env {
+        for (svc_name, svc) in &a.services {
+            let keep = env.services.get(svc_name).map(|s| s.replicas).unwrap_or(0);
+            let gone: Vec<_> = svc.replicas.iter().filter(|r| r.index > keep).cloned().collect();
+            if !gone.is_empty() {
+                leaving.insert(svc_name.clone(), gone);
+            }
+        }
+    }
+
+    // Slices.
+    let mut slices: BTreeMap<String, AppliedSlice> = BTreeMap::new();
+    for a in &env.attachments {
+        let Some(svc) = model.services.get(&a.service) else {
+            continue;
+        };
+        let slice = match svc.driver.as_str() {
+            "postgres18" => AppliedSlice::PostgresDatabase {
+                database: slice_ident(app_name, env_name),
+                role: slice_ident(app_name, env_name),
+            },
+            "valkey8" => {
+                let mut roles = match slices.get(&a.service) {
+                    Some(AppliedSlice::ValkeyDatabase { roles, .. }) => roles.clone(),
+                    _ => Vec::new(),
+                };
+                roles.push(a.role);
+                roles.sort();
+                roles.dedup();
+                AppliedSlice::ValkeyDatabase {
+                    index: valkey
+                        .get(&(a.service.clone(), key.clone()))
+                        .copied()
+                        .unwrap_or_default(),
+                    roles,
+                }
+            }
+            _ => AppliedSlice::GatewayRoute {
+                domains: a.domains.clone(),
+                target: a.target.clone().unwrap_or_default(),
+            },
+        };
+        slices.insert(a.service.clone(), slice);
+    }
+
+    let changes = compute_changes(&e, &wants, &leaving, &slices, need_build, source_commit.as_deref());
+
+    // Warnings: servers nothing was ever deployed to.
+    let known: BTreeSet<&str> = applied
+        .environments
+        .values()
+        .flat_map(|a| a.services.values().flat_map(|s| s.replicas.iter().map(|r| r.server.as_str())))
+        .chain(applied.services.values().flat_map(|s| s.replicas.iter().map(|r| r.server.as_str())))
+        .collect();
+    let new_servers: BTreeSet<&str> = wants
+        .values()
+        .flatten()
+        .filter(|w| w.action != Action::Keep)
+        .map(|w| w.server.as_str())
+        .filter(|s| !known.contains(s))
+        .collect();
+    if !applied.environments.is_empty() || !applied.services.is_empty() {
+        for s in new_servers {
+            out.warnings.push(Finding {
+                code: "new-server".into(),
+                location: model.servers.get(s).map(|s| s.origin.to_string()),
+                message: format!(
+                    "{s} has never been deployed to — its host key is pinned but unverified"
+                ),
+                hint: None,
+            });
+        }
+    }
+    if need_build && source_commit.is_none() && app.build.strategy != BuildStrategy::ExternalRegistry
+    {
+        out.warnings.push(Finding {
+            code: "source-commit-unresolved".into(),
+            location: Some(env.origin.to_string()),
+            message: format!(
+                "the commit of {}@{} is resolved at build",
+                app.name, env.git_ref
+            ),
+            hint: None,
+        });
+    }
+    for (svc, _) in applied_env.map(|a| a.slices.iter()).into_iter().flatten() {
+        if !slices.contains_key(svc) {
+            out.warnings.push(Finding {
+                code: "slice-kept".into(),
+                location: None,
+                message: format!(
+                    "{key} no longer attaches {svc}; its data there is kept (a plan never deletes stateful data)"
+                ),
+                hint: None,
+            });
+        }
+    }
+
+    let migrate_request = matches!(ctx.request, Request::Migrate { .. });
+    out.changes = if migrate_request { Vec::new() } else { changes };
+    if !blockers.is_empty() {
+        out.status = EnvironmentStatus::Blocked;
+        out.summary = blocked_summary(blockers.len());
+        out.blockers = blockers;
+        return out;
+    }
+
+    if migrate_request {
+        return plan_migrate_request(&e, out);
+    }
+
+    let (root, summary) = build_tree(&e, &wants, &leaving, &slices, need_build, source_commit.as_deref());
+    let any_change = !root.children.is_empty() || out.changes.iter().any(|c| c.kind != super::ChangeKind::Unchanged);
+    if !any_change {
+        out.summary = "no changes".into();
+        return out;
+    }
+    out.status = EnvironmentStatus::Changed;
+    out.summary = summary;
+    out.operation = Some(root);
+    out.applied_after = Some(AppliedEnvironment {
+        config_commit: ctx.config_commit.clone(),
+        source_commit: if need_build {
+            source_commit.clone()
+        } else {
+            applied_env.and_then(|a| a.source_commit.clone())
+        },
+        image: Some(AppliedImage {
+            repository: repository.clone(),
+            digest: digest.clone(),
+        }),
+        build: Some(build_fp),
+        services: wants
+            .iter()
+            .map(|(name, list)| {
+                (
+                    name.clone(),
+                    AppliedAppService {
+                        driver: env.services[name].driver.clone(),
+                        replicas: list
+                            .iter()
+                            .map(|w| AppliedReplica {
+                                index: w.index,
+                                server: w.server.clone(),
+                                slot: w.slot.clone(),
+                                container: w.name.clone(),
+                                project: w.name.clone(),
+                                host_port: Some(w.host_port),
+                                digest: match &w.action {
+                                    Action::Keep => w
+                                        .previous
+                                        .as_ref()
+                                        .map(|p| p.digest.clone())
+                                        .unwrap_or_default(),
+                                    _ => digest.clone(),
+                                },
+                                env_fingerprint: Some(w.fingerprint.clone()),
+                            })
+                            .collect(),
+                    },
+                )
+            })
+            .collect(),
+        slices,
+        scheduler_holder: holder,
+        variables: e
+            .variables
+            .iter()
+            .map(|v| (v.name.clone(), applied_variable(&e, v)))
+            .collect(),
+        queue_driver: queue,
+    });
+    out
+}
+
+fn blocked_summary(n: usize) -> String {
+    if n == 1 {
+        "blocked (1 blocker)".into()
+    } else {
+        format!("blocked ({n} blockers)")
+    }
+}
+
+fn strategy_name(s: BuildStrategy) -> &'static str {
+    match s {
+        BuildStrategy::Local => "local",
+        BuildStrategy::DedicatedBuilder => "dedicated_builder",
+        BuildStrategy::ExternalRegistry => "external_registry",
+    }
+}
+
+/// A plain value as written, or the placeholder of a secret.
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::Plain(p) => p.clone(),
+        Value::Secret(r) => Placeholder::secret(r),
+    }
+}
+
+/// `shop_production`: Postgres identifiers of an environment's slice. (interim: postgres18)
+fn slice_ident(app: &str, env: &str) -> String {
+    format!("{app}_{env}").replace('-', "_")
+}
+
+fn build_fingerprint(app: &Application, env: &Environment, registry: Option<&str>) -> String {
+    plain_fingerprint(&format!(
+        "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+        app.source.repo,
+        env.git_ref,
+        strategy_name(app.build.strategy),
+        app.build.dockerfile,
+        app.build.context,
+        registry.unwrap_or(""),
+        app.build.repository,
+        app.build.tag.as_deref().unwrap_or(""),
+    ))
+}
+
+/// The fingerprint of a variable's value as recorded: plain values hashed, secrets by the keyed
+/// hash the caller resolved (the recorded one when not checked).
+fn variable_fingerprint(e: &Env<'_>, v: &Variable) -> String {
+    match &v.source {
+        VariableSource::Secret { path } => match e.ctx.secrets.get(path) {
+            Some(SecretState::Fingerprint { fingerprint }) => fingerprint.clone(),
+            _ => e
+                .applied
+                .and_then(|a| a.variables.get(&v.name))
+                .filter(|a| a.source == v.source)
+                .map(|a| a.fingerprint.clone())
+                .unwrap_or_else(|| format!("unchecked:{path}")),
+        },
+        _ => plain_fingerprint(&v.value),
+    }
+}
+
+fn applied_variable(e: &Env<'_>, v: &Variable) -> AppliedVariable {
+    AppliedVariable {
+        source: v.source.clone(),
+        value: (!v.secret).then(|| v.value.clone()),
+        fingerprint: variable_fingerprint(e, v),
+    }
+}
+
+/// Everything a replica's files are rendered from, secrets by fingerprint.
+fn replica_fingerprint(e: &Env<'_>, service: &str, scheduler: bool) -> String {
+    let svc = &e.env.services[service];
+    let mut s = format!(
+        "{}\n{:?}\n{}\n{:?}\n{}\n{}\nscheduler={scheduler}\n",
+        svc.driver,
+        svc.roles,
+        svc.port,
+        svc.command,
+        svc.health.path,
+        svc.health.timeout.as_secs(),
+    );
+    for v in &e.variables {
+        s.push_str(&format!("{}={}\n", v.name, variable_fingerprint(e, v)));
+    }
+    plain_fingerprint(&s)
+}
+
+fn compute_changes(
+    e: &Env<'_>,
+    wants: &BTreeMap<String, Vec<Want>>,
+    leaving: &BTreeMap<String, Vec<AppliedReplica>>,
+    slices: &BTreeMap<String, AppliedSlice>,
+    need_build: bool,
+    source_commit: Option<&str>,
+) -> Vec<Change> {
+    let mut out = Vec::new();
+    let a = e.applied;
+    let app = &e.app.name;
+    let built = match source_commit {
+        Some(c) => format!("{app}@{}", short_commit(c)),
+        None => format!("{app}@{}", e.env.git_ref),
+    };
+    // Image.
+    if need_build {
+        let what = match e.app.build.strategy {
+            BuildStrategy::ExternalRegistry => format!(
+                "{}:{} (digest resolved from the registry)",
+                e.repository,
+                e.app.build.tag.as_deref().unwrap_or("latest")
+            ),
+            _ => format!("{built} ({} build, digest resolved at build)", strategy_name(e.app.build.strategy)),
+        };
+        match a.and_then(|a| a.image.as_ref()) {
+            Some(old) => out.push(Change::changed(
+                "image",
+                format!(
+                    "{}{}",
+                    a.and_then(|a| a.source_commit.as_deref())
+                        .map(|c| format!("{app}@{} ", short_commit(c)))
+                        .unwrap_or_default(),
+                    short_digest(&old.digest)
+                ),
+                what,
+            )),
+            None => out.push(Change::added("image", what)),
+        }
+    }
+    // Services and replicas.
+    let empty = BTreeMap::new();
+    let applied_services = a.map(|a| &a.services).unwrap_or(&empty);
+    for (name, list) in wants {
+        let svc = &e.env.services[name];
+        match applied_services.get(name) {
+            None => out.push(Change::added(
+                format!("service {name}"),
+                format!("({} replica{})", svc.replicas, plural(svc.replicas as usize)),
+            )),
+            Some(old) if old.replicas.len() as u32 != svc.replicas => out.push(Change::changed(
+                format!("services.{name}.replicas"),
+                old.replicas.len().to_string(),
+                svc.replicas.to_string(),
+            )),
+            _ => {}
+        }
+        for w in list {
+            let image = if need_build {
+                format!("{built}, digest resolved at build")
+            } else {
+                format!("{built}, {}", short_digest(&e.digest))
+            };
+            match &w.action {
+                Action::New => out.push(Change::added(
+                    format!("replica {}", w.label()),
+                    format!("on {} ({image})", w.server),
+                )),
+                Action::Replace(why) if why.starts_with("moved") => out.push(Change::changed(
+                    format!("services.{name}.placement {}", w.label()),
+                    w.previous.as_ref().map(|p| p.server.clone()).unwrap_or_default(),
+                    w.server.clone(),
+                )),
+                _ => {}
+            }
+        }
+    }
+    for (name, gone) in leaving {
+        if !wants.contains_key(name) {
+            out.push(Change::removed(
+                format!("service {name}"),
+                format!("({} replica{} stopped)", gone.len(), plural(gone.len())),
+            ));
+        }
+        for r in gone {
+            out.push(Change::removed(
+                format!("replica {name}#{}", r.index),
+                format!("on {} ({})", r.server, r.container),
+            ));
+        }
+    }
+    // Variables.
+    let empty_vars = BTreeMap::new();
+    let old_vars = a.map(|a| &a.variables).unwrap_or(&empty_vars);
+    for v in &e.variables {
+        let label = format!("variables.{} ({})", v.name, source_label(&v.source));
+        let old = old_vars.get(&v.name);
+        let fp = variable_fingerprint(e, v);
+        if v.secret {
+            let unchecked = fp.starts_with("unchecked:");
+            match old {
+                None => out.push(Change::added(label, "(secret)")),
+                Some(o) if o.source != v.source => out.push(Change::changed(
+                    label,
+                    source_label(&o.source),
+                    "secret".to_string(),
+                )),
+                Some(_) if unchecked => out.push(Change::unchanged(label, "not checked")),
+                Some(o) if o.fingerprint != fp => out.push(Change::changed(
+                    label.clone(),
+                    "(secret)",
+                    "(secret, changed)",
+                ).with_note("value not shown")),
+                Some(_) => out.push(Change::unchanged(label, "unchanged")),
+            }
+        } else {
+            match old {
+                None => out.push(Change::added(label, show_value(&v.value))),
+                Some(o) if o.fingerprint != fp || o.source != v.source => {
+                    let before = match (&o.value, &o.source) {
+                        (Some(val), _) => show_value(val),
+                        (None, s) => format!("({})", source_label(s)),
+                    };
+                    out.push(Change::changed(label, before, show_value(&v.value)));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for (name, o) in old_vars {
+        if !e.variables.iter().any(|v| &v.name == name) {
+            out.push(Change::removed(
+                format!("variables.{name} ({})", source_label(&o.source)),
+                "",
+            ));
+        }
+    }
+    // Slices.
+    let empty_slices = BTreeMap::new();
+    let old_slices = a.map(|a| &a.slices).unwrap_or(&empty_slices);
+    for (svc, s) in slices {
+        let now = slice_text(s);
+        match old_slices.get(svc) {
+            None => out.push(Change::added(format!("slice {svc}"), now)),
+            Some(o) if o != s => out.push(Change::changed(format!("slice {svc}"), slice_text(o), now)),
+            _ => {}
+        }
+    }
+    for (svc, o) in old_slices {
+        if !slices.contains_key(svc) {
+            out.push(Change::removed(
+                format!("slice {svc}"),
+                format!("{} (detached; data kept)", slice_text(o)),
+            ));
+        }
+    }
+    out
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn source_label(s: &VariableSource) -> String {
+    match s {
+        VariableSource::User => "user".into(),
+        VariableSource::Secret { .. } => "secret".into(),
+        VariableSource::Managed { slice } => format!("managed by {slice}"),
+    }
+}
+
+fn slice_text(s: &AppliedSlice) -> String {
+    match s {
+        AppliedSlice::PostgresDatabase { database, role } => {
+            format!("database {database}, role {role}")
+        }
+        AppliedSlice::ValkeyDatabase { index, roles } => format!(
+            "logical database {index} ({})",
+            roles
+                .iter()
+                .map(|r| format!("{r:?}").to_lowercase())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        AppliedSlice::GatewayRoute { domains, target } => {
+            format!("route {} → {target}", domains.join(", "))
+        }
+    }
+}
+
+fn op(id: String, kind: OperationKind, title: String, server: Option<String>) -> Operation {
+    Operation {
+        id,
+        kind,
+        title,
+        server,
+        steps: Vec::new(),
+        children_mode: Children::Sequential,
+        children: Vec::new(),
+    }
+}
+
+fn server_target(s: &str) -> Target {
+    Target::Server(s.to_string())
+}
+
+/// The tree and its one-line summary.
+fn build_tree(
+    e: &Env<'_>,
+    wants: &BTreeMap<String, Vec<Want>>,
+    leaving: &BTreeMap<String, Vec<AppliedReplica>>,
+    slices: &BTreeMap<String, AppliedSlice>,
+    need_build: bool,
+    source_commit: Option<&str>,
+) -> (Operation, String) {
+    let key = e.env.key();
+    let mut root = op(
+        key.clone(),
+        OperationKind::EnvironmentDeploy,
+        format!("environment_deploy {key}"),
+        None,
+    );
+    let mut counts = Counts::default();
+
+    if need_build {
+        root.children.push(build_op(e, source_commit));
+        counts.builds += 1;
+    }
+
+    // Slices that do not exist yet.
+    let old_slices = e.applied.map(|a| a.slices.clone()).unwrap_or_default();
+    for (svc_name, slice) in slices {
+        if old_slices.get(svc_name) == Some(slice) {
+            continue;
+        }
+        let svc = &e.model.services[svc_name];
+        match slice {
+            AppliedSlice::PostgresDatabase { .. } if !old_slices.contains_key(svc_name) => {
+                let server = svc.servers.first().cloned();
+                root.children.push(op(
+                    format!("{key}/slice_provision/{svc_name}"),
+                    OperationKind::SliceProvision,
+                    format!("slice_provision {svc_name}/{} (database, role)", slice_name(e)),
+                    server,
+                ));
+                counts.databases += 1;
+            }
+            AppliedSlice::ValkeyDatabase { index, .. } if !old_slices.contains_key(svc_name) => {
+                root.children.push(op(
+                    format!("{key}/slice_provision/{svc_name}"),
+                    OperationKind::SliceProvision,
+                    format!("slice_provision {svc_name}/{} (logical database {index})", slice_name(e)),
+                    svc.servers.first().cloned(),
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    // Which service the gateway routes to (its old replicas stop in the cutover).
+    let gateways: Vec<_> = e
+        .env
+        .attachments
+        .iter()
+        .filter(|a| a.role == AttachmentRole::Gateway)
+        .collect();
+    let gateway_targets: BTreeSet<&str> = gateways
+        .iter()
+        .filter_map(|a| a.target.as_deref())
+        .collect();
+
+    let mut post_switch: Vec<Operation> = Vec::new();
+    for (svc_name, list) in wants {
+        let svc = &e.env.services[svc_name];
+        let changed: Vec<&Want> = list.iter().filter(|w| w.action != Action::Keep).collect();
+        let gone = leaving.get(svc_name);
+        if changed.is_empty() && gone.is_none() {
+            continue;
+        }
+        let sid = format!("{key}/service_deploy/{svc_name}");
+        let mut sop = op(
+            sid.clone(),
+            OperationKind::ServiceDeploy,
+            format!("service_deploy {svc_name}"),
+            None,
+        );
+        let image_changes = list.iter().any(|w| {
+            w.action == Action::New
+                || w.previous.as_ref().is_some_and(|p| p.digest != e.digest)
+        });
+        let first = changed.first().copied();
+        if let (Some(timing), Some(first)) = (driving::deploy_migration(svc), first)
+            && image_changes
+        {
+            match timing {
+                MigrationTiming::PreSwitch => {
+                    sop.children.push(pre_switch_migration(e, svc_name, first));
+                    counts.migrations.insert("pre_switch");
+                }
+                MigrationTiming::PostSwitch => {
+                    post_switch.push(post_switch_migration(e, svc_name, first));
+                    counts.migrations.insert("post_switch");
+                }
+            }
+        }
+        let behind_gateway = gateway_targets.contains(svc_name.as_str());
+        for w in &changed {
+            sop.children.push(replica_op(e, &sid, w, !behind_gateway));
+            match w.action {
+                Action::New => counts.new += 1,
+                Action::Replace(ref why) if why == "env changed" => counts.restarted += 1,
+                Action::Replace(ref why) if why.starts_with("moved") => counts.moved += 1,
+                _ => counts.replaced += 1,
+            }
+        }
+        sop.children_mode = Children::ParallelByServer;
+        if let Some(gone) = gone
+            && !behind_gateway
+        {
+            for r in gone {
+                sop.children.push(removal_op(e, &format!("{sid}/replica_removal"), svc_name, r));
+                counts.removed += 1;
+            }
+        }
+        root.children.push(sop);
+    }
+
+    // Gateway cutovers: after every service deploy (they are earlier children of the root).
+    for g in &gateways {
+        let Some(target) = g.target.as_deref() else {
+            continue;
+        };
+        let list = wants.get(target).map(Vec::as_slice).unwrap_or(&[]);
+        let gone = leaving.get(target).cloned().unwrap_or_default();
+        let route_changed = old_slices.get(&g.service)
+            != Some(&AppliedSlice::GatewayRoute {
+                domains: g.domains.clone(),
+                target: target.to_string(),
+            });
+        if list.iter().all(|w| w.action == Action::Keep) && gone.is_empty() && !route_changed {
+            continue;
+        }
+        counts.removed += gone.len();
+        root.children.push(cutover_op(e, &g.service, target, &g.domains, list, &gone));
+    }
+    root.children.extend(post_switch);
+
+    // Services that left the config.
+    for (svc_name, gone) in leaving {
+        if wants.contains_key(svc_name) {
+            continue;
+        }
+        let mut sop = op(
+            format!("{key}/service_removal/{svc_name}"),
+            OperationKind::ServiceRemoval,
+            format!("service_removal {svc_name} (stateless: containers removed, no volume deleted)"),
+            None,
+        );
+        for r in gone {
+            sop.children.push(removal_op(e, &sop.id.clone(), svc_name, r));
+        }
+        counts.services_removed += 1;
+        root.children.push(sop);
+    }
+
+    (root, counts.summary())
+}
+
+#[derive(Default)]
+struct Counts {
+    builds: usize,
+    new: usize,
+    replaced: usize,
+    restarted: usize,
+    moved: usize,
+    removed: usize,
+    services_removed: usize,
+    databases: usize,
+    migrations: BTreeSet<&'static str>,
+}
+
+impl Counts {
+    fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        let n = |n: usize, one: &str, many: &str| {
+            if n == 1 { format!("1 {one}") } else { format!("{n} {many}") }
+        };
+        if self.builds > 0 {
+            parts.push(n(self.builds, "build", "builds"));
+        }
+        if self.new > 0 {
+            parts.push(n(self.new, "replica added", "replicas added"));
+        }
+        if self.replaced > 0 {
+            parts.push(n(self.replaced, "replica replaced", "replicas replaced"));
+        }
+        if self.restarted > 0 {
+            parts.push(n(self.restarted, "replica restarted (variable change)", "replicas restarted (variable change)"));
+        }
+        if self.moved > 0 {
+            parts.push(n(self.moved, "replica moved", "replicas moved"));
+        }
+        if self.removed > 0 {
+            parts.push(n(self.removed, "replica removed", "replicas removed"));
+        }
+        if self.services_removed > 0 {
+            parts.push(n(self.services_removed, "service removed", "services removed"));
+        }
+        if self.databases > 0 {
+            parts.push(n(self.databases, "database created", "databases created"));
+        }
+        if !self.migrations.is_empty() {
+            parts.push(format!(
+                "migrations {}",
+                self.migrations.iter().copied().collect::<Vec<_>>().join(" and ")
+            ));
+        }
+        if self.builds == 0 {
+            parts.push("no build".into());
+        }
+        parts.join(", ")
+    }
+}
+
+fn slice_name(e: &Env<'_>) -> String {
+    format!("{}-{}", e.app.name, e.env.name)
+}
+
+fn build_op(e: &Env<'_>, source_commit: Option<&str>) -> Operation {
+    let key = e.env.key();
+    let app = &e.app.name;
+    let rev = source_commit.unwrap_or(&e.env.git_ref).to_string();
+    let strategy = e.app.build.strategy;
+    let title = match strategy {
+        BuildStrategy::ExternalRegistry => format!(
+            "build {app}: resolve {}:{} (external_registry)",
+            e.repository,
+            e.app.build.tag.as_deref().unwrap_or("latest")
+        ),
+        _ => format!("build {app}@{} ({})", short_commit(&rev), strategy_name(strategy)),
+    };
+    let op_dir = format!("{}/operations/{}", e.root, e.op_id);
+    let server = match strategy {
+        BuildStrategy::DedicatedBuilder => e
+            .model
+            .servers
+            .values()
+            .find(|s| s.has_role("builder"))
+            .map(|s| s.name.clone()),
+        BuildStrategy::Local => e
+            .env
+            .services
+            .values()
+            .find_map(|s| s.servers.first().cloned()),
+        BuildStrategy::ExternalRegistry => None,
+    };
+    let mut b = op(format!("{key}/build"), OperationKind::Build, title, server.clone());
+    match strategy {
+        BuildStrategy::ExternalRegistry => {
+            b.steps.push(Step {
+                name: "resolve tag to digest".into(),
+                target: Target::Local,
+                action: StepAction::ResolveDigest {
+                    image: format!(
+                        "{}:{}",
+                        e.repository,
+                        e.app.build.tag.as_deref().unwrap_or("latest")
+                    ),
+                    registry: e.app.build.registry.clone(),
+                },
+                timeout: SHORT,
+                idempotent: true,
+                capture: Some(Placeholder::digest_name(app)),
+            });
+        }
+        _ => {
+            let target = server_target(server.as_deref().unwrap_or_default());
+            let deploy_key = e.app.source.deploy_key.as_ref();
+            if let Some(k) = deploy_key {
+                b.steps.push(script::upload(
+                    "upload deploy key",
+                    &target,
+                    format!("{op_dir}/deploy_key"),
+                    0o600,
+                    payload(
+                        format!("{}\n", value_text(k)).into_bytes(),
+                        format!("deploy key of {app} (secret)"),
+                    ),
+                ));
+            }
+            let push = (strategy == BuildStrategy::DedicatedBuilder).then(|| {
+                e.login.clone().unwrap_or(RegistryLogin {
+                    host: String::new(),
+                    username: String::new(),
+                    password: String::new(),
+                })
+            });
+            let spec = BuildSpec {
+                op_dir: op_dir.clone(),
+                repo: e.app.source.repo.clone(),
+                revision: rev,
+                dockerfile: e.app.build.dockerfile.clone(),
+                context: e.app.build.context.clone(),
+                image: e.repository.clone(),
+                deploy_key: deploy_key.is_some(),
+                push: push.clone().filter(|l| !l.host.is_empty()),
+            };
+            let mut s = script::build_script(&spec);
+            let mut stdin = spec.push.as_ref().map(RegistryLogin::stdin);
+            if push.is_some() && spec.push.is_none() {
+                // A registry without credentials: push without logging in.
+                s = script::build_script(&BuildSpec {
+                    push: None,
+                    ..spec.clone()
+                })
+                .replace(
+                    "docker image inspect --format '{{.Id}}' \"$image:$commit\"\n",
+                    "docker push \"$image:$commit\" > \"$op_dir/push.log\"\ncat \"$op_dir/push.log\" >&2\ndigest=$(sed -n 's/.*digest: \\(sha256:[0-9a-f]\\{64\\}\\).*/\\1/p' \"$op_dir/push.log\" | tail -n 1)\n[ -n \"$digest\" ] || { echo \"docker push printed no digest\" >&2; exit 1; }\nprintf '%s\\n' \"$digest\"\n",
+                );
+                stdin = None;
+            }
+            b.steps.push(Step {
+                name: match strategy {
+                    BuildStrategy::Local => "clone and build (no push)".into(),
+                    _ => "clone, build and push".into(),
+                },
+                target,
+                action: StepAction::Run { script: s, stdin },
+                timeout: BUILD,
+                idempotent: true,
+                capture: Some(Placeholder::digest_name(app)),
+            });
+        }
+    }
+    b
+}
+
+/// The directory of a replica on its server.
+fn replica_dir(e: &Env<'_>, name: &str) -> String {
+    format!("{}/services/{name}", e.root)
+}
+
+/// Upload compose.yml and .env of a replica; shared by replica deploys and pre-switch migrations.
+fn replica_upload_steps(e: &Env<'_>, w: &Want) -> Vec<Step> {
+    let svc = &e.env.services[&w.service];
+    let files = driving::replica_files(&driving::ReplicaInput {
+        service: svc,
+        name: &w.name,
+        image: &e.image_ref,
+        host_port: w.host_port,
+        variables: &e.variables,
+        scheduler: w.scheduler,
+    });
+    let dir = replica_dir(e, &w.name);
+    let target = server_target(&w.server);
+    let secrets = e.variables.iter().filter(|v| v.secret).count();
+    vec![
+        script::upload(
+            "upload compose.yml",
+            &target,
+            format!("{dir}/compose.yml"),
+            0o644,
+            payload(files.compose, "compose.yml"),
+        ),
+        script::upload(
+            "upload .env",
+            &target,
+            format!("{dir}/.env"),
+            0o600,
+            payload(
+                files.env,
+                format!(
+                    ".env ({} variables, {secrets} secret)",
+                    e.variables.len() + usize::from(w.scheduler)
+                ),
+            ),
+        ),
+    ]
+}
+
+fn pull_step(e: &Env<'_>, server: &str) -> Option<Step> {
+    if e.app.build.strategy == BuildStrategy::Local {
+        return None;
+    }
+    let tmp = format!("{}/operations/{}/docker-{server}", e.root, e.op_id);
+    Some(script::run(
+        "pull image by digest",
+        &server_target(server),
+        script::pull_script(&e.image_ref, e.login.as_ref(), &tmp),
+        e.login.as_ref().map(RegistryLogin::stdin),
+        PULL,
+        true,
+    ))
+}
+
+fn replica_op(e: &Env<'_>, parent: &str, w: &Want, stop_previous: bool) -> Operation {
+    let why = match &w.action {
+        Action::New => "new".to_string(),
+        Action::Replace(r) if r == "env changed" => "restart (env changed)".into(),
+        Action::Replace(r) => format!("replace ({r})"),
+        Action::Keep => "unchanged".into(),
+    };
+    let mut r = op(
+        format!("{parent}/replica_deploy/{}", w.label()),
+        OperationKind::ReplicaDeploy,
+        format!("replica_deploy {} @{}   {why}", w.label(), w.server),
+        Some(w.server.clone()),
+    );
+    let target = server_target(&w.server);
+    let dir = replica_dir(e, &w.name);
+    r.steps.extend(replica_upload_steps(e, w));
+    r.steps.extend(pull_step(e, &w.server));
+    r.steps.push(script::run(
+        "start",
+        &target,
+        script::compose_up_script(&dir, &w.name),
+        None,
+        Duration::from_secs(120),
+        true,
+    ));
+    r.steps.push(script::run(
+        "wait healthy",
+        &target,
+        script::wait_healthy_script(&w.name, e.env.services[&w.service].health.timeout),
+        None,
+        e.env.services[&w.service].health.timeout + Duration::from_secs(30),
+        true,
+    ));
+    if stop_previous && let Some(p) = &w.previous {
+        r.steps.push(script::run(
+            format!("stop previous {}", p.container),
+            &server_target(&p.server),
+            script::compose_down_script(&replica_dir(e, &p.container), &project_of(p)),
+            None,
+            Duration::from_secs(120),
+            true,
+        ));
+    }
+    r
+}
+
+fn project_of(r: &AppliedReplica) -> String {
+    if r.project.is_empty() {
+        r.container.clone()
+    } else {
+        r.project.clone()
+    }
+}
+
+fn removal_op(e: &Env<'_>, parent: &str, service: &str, r: &AppliedReplica) -> Operation {
+    let mut o = op(
+        format!("{parent}/{service}#{}", r.index),
+        OperationKind::ReplicaRemoval,
+        format!("replica_removal {service}#{} @{}", r.index, r.server),
+        Some(r.server.clone()),
+    );
+    o.steps.push(script::run(
+        "stop and remove",
+        &server_target(&r.server),
+        script::compose_down_script(&replica_dir(e, &r.container), &project_of(r)),
+        None,
+        Duration::from_secs(120),
+        true,
+    ));
+    o
+}
+
+fn pre_switch_migration(e: &Env<'_>, service: &str, first: &Want) -> Operation {
+    let key = e.env.key();
+    let svc = &e.env.services[service];
+    let mut m = op(
+        format!("{key}/service_deploy/{service}/migration"),
+        OperationKind::Migration,
+        format!(
+            "migration {service} (pre_switch, in a one-off container of the new image @{})",
+            first.server
+        ),
+        Some(first.server.clone()),
+    );
+    m.steps.extend(replica_upload_steps(e, first));
+    m.steps.extend(pull_step(e, &first.server));
+    m.steps.push(script::run(
+        "migrate",
+        &server_target(&first.server),
+        script::compose_run_script(
+            &replica_dir(e, &first.name),
+            &first.name,
+            service,
+            &driving::migration_argv(svc),
+        ),
+        None,
+        MIGRATE,
+        false,
+    ));
+    m
+}
+
+fn post_switch_migration(e: &Env<'_>, service: &str, first: &Want) -> Operation {
+    let key = e.env.key();
+    let svc = &e.env.services[service];
+    let mut m = op(
+        format!("{key}/migration/{service}"),
+        OperationKind::Migration,
+        format!("migration {service} (post_switch, in {} @{})", first.name, first.server),
+        Some(first.server.clone()),
+    );
+    m.steps.push(script::run(
+        "migrate",
+        &server_target(&first.server),
+        script::exec_script(&first.name, &driving::migration_argv(svc)),
+        None,
+        MIGRATE,
+        false,
+    ));
+    m
+}
+
+fn plan_migrate_request(e: &Env<'_>, mut out: EnvironmentPlan) -> EnvironmentPlan {
+    let key = e.env.key();
+    let mut root = op(
+        format!("{key}/migration"),
+        OperationKind::Migration,
+        format!("migration {key} (requested)"),
+        None,
+    );
+    for (name, svc) in &e.env.services {
+        if !driving::requested_migration_allowed(svc) {
+            continue;
+        }
+        let running = e
+            .applied
+            .and_then(|a| a.services.get(name))
+            .and_then(|s| s.replicas.first());
+        match running {
+            Some(r) => {
+                let mut m = op(
+                    format!("{key}/migration/{name}"),
+                    OperationKind::Migration,
+                    format!("migration {name} (in {} @{})", r.container, r.server),
+                    Some(r.server.clone()),
+                );
+                m.steps.push(script::run(
+                    "migrate",
+                    &server_target(&r.server),
+                    script::exec_script(&r.container, &driving::migration_argv(svc)),
+                    None,
+                    MIGRATE,
+                    false,
+                ));
+                root.children.push(m);
+            }
+            None => out.blockers.push(Finding {
+                code: "not-deployed".into(),
+                location: Some(svc.origin.to_string()),
+                message: format!("{key} service {name} has no running replica to migrate in"),
+                hint: Some("deploy the environment first".into()),
+            }),
+        }
+    }
+    if !out.blockers.is_empty() {
+        out.status = EnvironmentStatus::Blocked;
+        out.summary = blocked_summary(out.blockers.len());
+        return out;
+    }
+    if root.children.is_empty() {
+        out.blockers.push(Finding {
+            code: "migrations-disabled".into(),
+            location: Some(e.env.origin.to_string()),
+            message: format!("no service of {key} has migrations enabled"),
+            hint: Some("set migrations.mode to manual or auto".into()),
+        });
+        out.status = EnvironmentStatus::Blocked;
+        out.summary = blocked_summary(1);
+        return out;
+    }
+    out.summary = format!("{} migration{} (requested)", root.children.len(), plural(root.children.len()));
+    out.status = EnvironmentStatus::Changed;
+    out.operation = Some(root);
+    out.applied_after = e.applied.cloned();
+    out
+}
+
+/// `keystone_<app>_<env>`: the `@id` of the environment's route in Caddy.
+fn route_id(app: &str, env: &str) -> String {
+    format!("keystone_{app}_{env}").replace('-', "_")
+}
+
+fn upstream(e: &Env<'_>, server: &str, port: u16) -> String {
+    let host = e
+        .model
+        .servers
+        .get(server)
+        .map(|s| s.host.clone())
+        .unwrap_or_else(|| server.to_string());
+    format!("{host}:{port}")
+}
+
+/// The route JSON: these domains to these upstreams. (interim: the caddy2 driver's route)
+fn route_json(id: &str, domains: &[String], upstreams: &[String], policy: &str) -> Vec<u8> {
+    let v = serde_json::json!({
+        "@id": id,
+        "match": [{"host": domains}],
+        "handle": [{
+            "handler": "reverse_proxy",
+            "load_balancing": {"selection_policy": {"policy": policy}},
+            "upstreams": upstreams.iter().map(|u| serde_json::json!({"dial": u})).collect::<Vec<_>>(),
+        }],
+        "terminal": true,
+    });
+    let mut s = serde_json::to_vec(&v).expect("json");
+    s.push(b'\n');
+    s
+}
+
+fn cutover_op(
+    e: &Env<'_>,
+    gateway: &str,
+    target: &str,
+    domains: &[String],
+    list: &[Want],
+    gone: &[AppliedReplica],
+) -> Operation {
+    let key = e.env.key();
+    let svc = e.model.services.get(gateway);
+    let admin = format!(
+        "http://127.0.0.1:{}",
+        svc.and_then(|s| s.admin_port).unwrap_or(2019)
+    );
+    let id = route_id(&e.app.name, &e.env.name);
+    let routes_path = format!("/config/apps/http/servers/{CADDY_SERVER}/routes");
+    let new: Vec<&Want> = list.iter().filter(|w| w.action != Action::Keep).collect();
+    let kept: Vec<&Want> = list.iter().filter(|w| w.action == Action::Keep).collect();
+    let replaced: Vec<&AppliedReplica> = new.iter().filter_map(|w| w.previous.as_ref()).collect();
+    let old: Vec<&AppliedReplica> = replaced.iter().copied().chain(gone.iter()).collect();
+    let addr_new: Vec<String> = new.iter().map(|w| upstream(e, &w.server, w.host_port)).collect();
+    let addr_kept: Vec<String> = kept.iter().map(|w| upstream(e, &w.server, w.host_port)).collect();
+    let addr_old: Vec<String> = old
+        .iter()
+        .map(|r| upstream(e, &r.server, r.host_port.unwrap_or_default()))
+        .collect();
+
+    let mut parts = Vec::new();
+    if !new.is_empty() {
+        parts.push(format!(
+            "add {}",
+            new.iter().map(|w| w.label()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if !old.is_empty() {
+        parts.push(format!(
+            "drain and replace {}",
+            old.iter()
+                .map(|r| format!("{target}#{}", r.index))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if parts.is_empty() {
+        parts.push(format!("route {}", domains.join(", ")));
+    }
+    let mut c = op(
+        format!("{key}/gateway_cutover/{gateway}"),
+        OperationKind::GatewayCutover,
+        format!("gateway_cutover {gateway}   {}", parts.join(", ")),
+        None,
+    );
+    let health = &e.env.services.get(target).map(|s| s.health.clone());
+    let health_path = health.as_ref().map(|h| h.path.clone()).unwrap_or_else(|| "/".into());
+    let health_timeout = health.as_ref().map(|h| h.timeout).unwrap_or(SHORT);
+    let gateway_servers = svc.map(|s| s.servers.clone()).unwrap_or_default();
+    let final_upstreams: Vec<String> = addr_new.iter().chain(addr_kept.iter()).cloned().collect();
+    for g in &gateway_servers {
+        let t = server_target(g);
+        for (w, a) in new.iter().zip(&addr_new) {
+            c.steps.push(script::run(
+                format!("health of {} through {g}", w.label()),
+                &t,
+                script::http_probe_script(&format!("http://{a}{health_path}"), health_timeout),
+                None,
+                health_timeout + Duration::from_secs(10),
+                true,
+            ));
+        }
+        if !addr_old.is_empty() {
+            let all: Vec<String> = final_upstreams.iter().chain(addr_old.iter()).cloned().collect();
+            c.steps.push(script::run(
+                format!("add upstreams on {g}"),
+                &t,
+                script::caddy_ensure_route_script(&admin, &id, &routes_path),
+                Some(payload(
+                    route_json(&id, domains, &all, "first"),
+                    format!("route {id}: new upstreams first, old last"),
+                )),
+                SHORT,
+                true,
+            ));
+            c.steps.push(script::run(
+                format!("drain old upstreams on {g}"),
+                &t,
+                script::caddy_drain_script(&admin, &addr_old, DRAIN_TIMEOUT),
+                None,
+                DRAIN_TIMEOUT + SHORT,
+                true,
+            ));
+        }
+        c.steps.push(script::run(
+            if addr_old.is_empty() {
+                format!("route {} on {g}", domains.join(", "))
+            } else {
+                format!("remove old upstreams on {g}")
+            },
+            &t,
+            script::caddy_ensure_route_script(&admin, &id, &routes_path),
+            Some(payload(
+                route_json(&id, domains, &final_upstreams, "round_robin"),
+                format!("route {id}: {} upstream{}", final_upstreams.len(), plural(final_upstreams.len())),
+            )),
+            SHORT,
+            true,
+        ));
+    }
+    for p in replaced {
+        c.steps.push(script::run(
+            format!("stop old {}", p.container),
+            &server_target(&p.server),
+            script::compose_down_script(&replica_dir(e, &p.container), &project_of(p)),
+            None,
+            Duration::from_secs(120),
+            true,
+        ));
+    }
+    for r in gone {
+        c.children.push(removal_op(e, &format!("{}/replica_removal", c.id), target, r));
+    }
+    c
+}
+
+fn plan_removal(
+    model: &Model,
+    ctx: &PlanContext,
+    mut out: EnvironmentPlan,
+    a: &AppliedEnvironment,
+) -> EnvironmentPlan {
+    let key = out.key();
+    let root_dir = model.project.remote_root.trim_end_matches('/').to_string();
+    let mut root = op(
+        key.clone(),
+        OperationKind::EnvironmentDeploy,
+        format!("environment_deploy {key} (removal: left the config)"),
+        None,
+    );
+    let _ = ctx;
+    for (svc, s) in &a.services {
+        out.changes.push(Change::removed(
+            format!("service {svc}"),
+            format!("({} replica{} stopped)", s.replicas.len(), plural(s.replicas.len())),
+        ));
+        let mut sop = op(
+            format!("{key}/service_removal/{svc}"),
+            OperationKind::ServiceRemoval,
+            format!("service_removal {svc} (stateless: containers removed, no volume deleted)"),
+            None,
+        );
+        for r in &s.replicas {
+            let mut o = op(
+                format!("{}/{svc}#{}", sop.id, r.index),
+                OperationKind::ReplicaRemoval,
+                format!("replica_removal {svc}#{} @{}", r.index, r.server),
+                Some(r.server.clone()),
+            );
+            o.steps.push(script::run(
+                "stop and remove",
+                &server_target(&r.server),
+                script::compose_down_script(&format!("{root_dir}/services/{}", r.container), &project_of(r)),
+                None,
+                Duration::from_secs(120),
+                true,
+            ));
+            sop.children.push(o);
+        }
+        root.children.push(sop);
+    }
+    for (svc, s) in &a.slices {
+        out.changes.push(Change::removed(
+            format!("slice {svc}"),
+            format!("{} (data kept)", slice_text(s)),
+        ));
+        out.warnings.push(Finding {
+            code: "slice-kept".into(),
+            location: None,
+            message: format!(
+                "{key} left the config; its data in {svc} is kept (a plan never deletes stateful data)"
+            ),
+            hint: None,
+        });
+    }
+    out.status = EnvironmentStatus::Removed;
+    out.summary = "removed from the config: replicas stopped, data kept".into();
+    out.operation = Some(root);
+    out
+}

@@ -1,0 +1,480 @@
+//! The shell programs and uploads of plan steps: pure builders that return the exact script text.
+//!
+//! Every interpolated value goes through `shell::quote`; files and secrets travel as payloads
+//! (uploads or stdin), never inside a script. Scripts start with `set -eu` so a failing command
+//! fails the step.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::ops::{Payload, Step, StepAction, Target};
+use crate::shell::{join, quote};
+
+/// A payload with its safe summary and the SHA-256 of the bytes as planned.
+pub fn payload(bytes: Vec<u8>, summary: impl Into<String>) -> Payload {
+    Payload {
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        bytes,
+        summary: summary.into(),
+    }
+}
+
+/// A `Run` step.
+pub fn run(
+    name: impl Into<String>,
+    target: &Target,
+    script: String,
+    stdin: Option<Payload>,
+    timeout: Duration,
+    idempotent: bool,
+) -> Step {
+    Step {
+        name: name.into(),
+        target: target.clone(),
+        action: StepAction::Run { script, stdin },
+        timeout,
+        idempotent,
+        capture: None,
+    }
+}
+
+/// An `Upload` step (always idempotent: temp file + rename).
+pub fn upload(
+    name: impl Into<String>,
+    target: &Target,
+    path: String,
+    mode: u32,
+    contents: Payload,
+) -> Step {
+    Step {
+        name: name.into(),
+        target: target.clone(),
+        action: StepAction::Upload {
+            path,
+            mode,
+            contents,
+        },
+        timeout: Duration::from_secs(60),
+        idempotent: true,
+        capture: None,
+    }
+}
+
+/// Registry credentials as they reach a script: line 1 the user name, line 2 the password, on
+/// stdin (both may be `{{secret:…}}` placeholders), read with `read -r` so they never appear in
+/// a command line or the process list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryLogin {
+    /// `host[:port]` as `docker login` expects it.
+    pub host: String,
+    /// User name: plain text or a secret placeholder.
+    pub username: String,
+    /// Password: plain text or a secret placeholder.
+    pub password: String,
+}
+
+impl RegistryLogin {
+    pub fn stdin(&self) -> Payload {
+        payload(
+            format!("{}\n{}\n", self.username, self.password).into_bytes(),
+            format!("registry credentials for {}", self.host),
+        )
+    }
+}
+
+/// Lines that log in to a registry with a throw-away `DOCKER_CONFIG` (under `dir`, removed with
+/// it), reading the credentials from stdin.
+fn login_lines(login: &RegistryLogin, docker_config: &str) -> String {
+    format!(
+        "mkdir -p {dc}\nexport DOCKER_CONFIG={dc}\nIFS= read -r registry_user\nIFS= read -r registry_password\nprintf '%s\\n' \"$registry_password\" | docker login --username \"$registry_user\" --password-stdin {host} >/dev/null\nunset registry_password\n",
+        dc = quote(docker_config),
+        host = quote(&login.host),
+    )
+}
+
+/// What a build is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildSpec {
+    /// `<remote_root>/operations/<op-id>`.
+    pub op_dir: String,
+    /// Git URL of the application source.
+    pub repo: String,
+    /// The commit to build, or the ref when the commit is not known yet.
+    pub revision: String,
+    pub dockerfile: String,
+    pub context: String,
+    /// Repository without tag, e.g. `10.77.0.1:5000/acme/shop`.
+    pub image: String,
+    /// Whether the source is cloned with an uploaded deploy key at `<op_dir>/deploy_key`.
+    pub deploy_key: bool,
+    /// Push to the registry (dedicated builder) or keep the image local (local strategy).
+    pub push: Option<RegistryLogin>,
+}
+
+/// The build script. Its trap removes the whole operation directory (the deploy key with it)
+/// on every exit path; its last stdout line is the digest (`sha256:…`): the pushed manifest
+/// digest after a push, the image id for a local build.
+pub fn build_script(b: &BuildSpec) -> String {
+    let src = format!("{}/src", b.op_dir);
+    let key = format!("{}/deploy_key", b.op_dir);
+    let mut s = String::from("set -eu\n");
+    s.push_str(&format!("op_dir={}\n", quote(&b.op_dir)));
+    s.push_str("trap 'rm -rf -- \"$op_dir\"' EXIT\n");
+    s.push_str("mkdir -p -- \"$op_dir\"\n");
+    if b.deploy_key {
+        s.push_str(&format!("chmod 600 {}\n", quote(&key)));
+        let ssh = join([
+            "ssh",
+            "-i",
+            &key,
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+        ]);
+        s.push_str(&format!("export GIT_SSH_COMMAND={}\n", quote(&ssh)));
+    }
+    s.push_str(&format!(
+        "git clone --quiet -- {} {}\n",
+        quote(&b.repo),
+        quote(&src)
+    ));
+    s.push_str(&format!("revision={}\n", quote(&b.revision)));
+    s.push_str(&format!(
+        "git -C {src} checkout --quiet --detach \"$revision\" 2>/dev/null || git -C {src} checkout --quiet --detach \"origin/$revision\"\n",
+        src = quote(&src)
+    ));
+    s.push_str(&format!(
+        "commit=$(git -C {} rev-parse HEAD)\n",
+        quote(&src)
+    ));
+    s.push_str(&format!("image={}\n", quote(&b.image)));
+    s.push_str(&format!(
+        "docker build --quiet --file {} --label keystone.source-commit=\"$commit\" --tag \"$image:$commit\" {} >&2\n",
+        quote(&format!("{src}/{}", b.dockerfile)),
+        quote(&format!("{src}/{}", b.context)),
+    ));
+    match &b.push {
+        Some(login) => {
+            s.push_str(&login_lines(login, &format!("{}/docker", b.op_dir)));
+            s.push_str("docker push \"$image:$commit\" > \"$op_dir/push.log\"\n");
+            s.push_str("cat \"$op_dir/push.log\" >&2\n");
+            s.push_str(
+                "digest=$(sed -n 's/.*digest: \\(sha256:[0-9a-f]\\{64\\}\\).*/\\1/p' \"$op_dir/push.log\" | tail -n 1)\n",
+            );
+            s.push_str("[ -n \"$digest\" ] || { echo \"docker push printed no digest\" >&2; exit 1; }\n");
+            s.push_str("printf '%s\\n' \"$digest\"\n");
+        }
+        None => {
+            s.push_str("docker image inspect --format '{{.Id}}' \"$image:$commit\"\n");
+        }
+    }
+    s
+}
+
+/// `docker pull <reference>`, logging in first when the registry needs credentials.
+pub fn pull_script(reference: &str, login: Option<&RegistryLogin>, tmp: &str) -> String {
+    let mut s = String::from("set -eu\n");
+    if let Some(login) = login {
+        s.push_str(&format!("tmp={}\n", quote(tmp)));
+        s.push_str("trap 'rm -rf -- \"$tmp\"' EXIT\n");
+        s.push_str(&login_lines(login, tmp));
+    }
+    s.push_str(&format!("docker pull --quiet {}\n", quote(reference)));
+    s
+}
+
+/// Start (or converge) a compose project from the uploaded files.
+pub fn compose_up_script(dir: &str, project: &str) -> String {
+    format!(
+        "set -eu\ndocker compose --project-name {} --file {} up --detach --no-build --pull never --remove-orphans\n",
+        quote(project),
+        quote(&format!("{dir}/compose.yml")),
+    )
+}
+
+/// Stop and remove a compose project, then its directory. Named volumes are kept (no `-v`).
+pub fn compose_down_script(dir: &str, project: &str) -> String {
+    format!(
+        "set -eu\nif [ -f {file} ]; then docker compose --project-name {p} --file {file} down --remove-orphans; fi\nrm -rf -- {dir}\n",
+        file = quote(&format!("{dir}/compose.yml")),
+        p = quote(project),
+        dir = quote(dir),
+    )
+}
+
+/// Poll `docker inspect` until the container is healthy (or, without a health check, running),
+/// for at most `timeout`; on failure print its last log lines to stderr and fail.
+pub fn wait_healthy_script(container: &str, timeout: Duration) -> String {
+    format!(
+        r#"set -eu
+container={c}
+limit={t}
+waited=0
+while :; do
+  state=$(docker inspect --format '{{{{if .State.Health}}}}health:{{{{.State.Health.Status}}}}{{{{else}}}}state:{{{{.State.Status}}}}{{{{end}}}}' "$container" 2>/dev/null || echo missing)
+  case "$state" in
+    health:healthy|state:running) echo "$container: $state"; exit 0 ;;
+    health:unhealthy|state:exited|state:dead|missing) break ;;
+  esac
+  [ "$waited" -lt "$limit" ] || break
+  sleep 2
+  waited=$((waited + 2))
+done
+echo "$container is not healthy ($state) after ${{waited}}s; last log lines:" >&2
+docker logs --tail 50 "$container" >&2 || true
+exit 1
+"#,
+        c = quote(container),
+        t = timeout.as_secs(),
+    )
+}
+
+/// Verify a named volume exists; print its creation time (the identity `verify same volume`
+/// compares) as the last stdout line.
+pub fn volume_check_script(volume: &str) -> String {
+    format!(
+        "set -eu\ndocker volume inspect --format '{{{{.Name}}}} {{{{.CreatedAt}}}}' {} || {{ echo \"named volume {} is missing\" >&2; exit 1; }}\n",
+        quote(volume),
+        volume.replace(['"', '\\', '$', '`'], "_"),
+    )
+}
+
+/// Compare the volume's identity with the one captured before the update.
+pub fn volume_same_script(volume: &str, before_placeholder: &str) -> String {
+    format!(
+        "set -eu\nbefore={}\nnow=$(docker volume inspect --format '{{{{.Name}}}} {{{{.CreatedAt}}}}' {})\n[ \"$now\" = \"$before\" ] || {{ echo \"volume changed: was $before, now $now\" >&2; exit 1; }}\necho \"$now\"\n",
+        quote(before_placeholder),
+        quote(volume),
+    )
+}
+
+/// Run a command in a one-off container of a replica's compose project (new image, new env):
+/// used for migrations and driver pre-switch steps before traffic moves.
+pub fn compose_run_script(dir: &str, project: &str, service: &str, argv: &[String]) -> String {
+    format!(
+        "set -eu\ndocker compose --project-name {} --file {} run --rm --no-deps -T {} {}\n",
+        quote(project),
+        quote(&format!("{dir}/compose.yml")),
+        quote(service),
+        join(argv),
+    )
+}
+
+/// Run a command inside a running container.
+pub fn exec_script(container: &str, argv: &[String]) -> String {
+    format!("set -eu\ndocker exec {} {}\n", quote(container), join(argv))
+}
+
+/// `curl` to the Caddy admin API on the gateway host with a JSON body from stdin.
+pub fn caddy_send_script(admin: &str, method: &str, path: &str) -> String {
+    format!(
+        "set -eu\ncurl --silent --show-error --fail-with-body --request {} --header 'Content-Type: application/json' --data-binary @- {}\n",
+        quote(method),
+        quote(&format!("{admin}{path}")),
+    )
+}
+
+/// Create the route if the gateway does not have it yet (`GET /id/<id>` fails), else replace
+/// its upstreams. Body on stdin is the route; `upstreams_path` receives its upstream list.
+pub fn caddy_ensure_route_script(admin: &str, route_id: &str, routes_path: &str) -> String {
+    format!(
+        r#"set -eu
+admin={admin}
+body=$(cat)
+if curl --silent --fail --output /dev/null "$admin/id/"{id}; then
+  printf '%s' "$body" | curl --silent --show-error --fail-with-body --request PATCH --header 'Content-Type: application/json' --data-binary @- "$admin/id/"{id}
+else
+  printf '%s' "$body" | curl --silent --show-error --fail-with-body --request POST --header 'Content-Type: application/json' --data-binary @- "$admin"{routes}
+fi
+"#,
+        admin = quote(admin),
+        id = quote(route_id),
+        routes = quote(routes_path),
+    )
+}
+
+/// Wait until none of `addresses` has requests in flight through the gateway (they are absent
+/// from `/reverse_proxy/upstreams` or show `num_requests: 0`), for at most `timeout`; past it
+/// the cutover goes on and says so.
+pub fn caddy_drain_script(admin: &str, addresses: &[String], timeout: Duration) -> String {
+    let mut s = format!(
+        "set -eu\nadmin={}\nlimit={}\nwaited=0\nbusy() {{\n  curl --silent --show-error --fail \"$admin/reverse_proxy/upstreams\" | tr '{{}}' '\\n\\n' | grep -F \"\\\"address\\\":\\\"$1\\\"\" | grep -Eqv '\"num_requests\":0(,|$)'\n}}\nwhile :; do\n  pending=\n",
+        quote(admin),
+        timeout.as_secs()
+    );
+    for a in addresses {
+        s.push_str(&format!(
+            "  if busy {a}; then pending=\"$pending \"{a}; fi\n",
+            a = quote(a)
+        ));
+    }
+    s.push_str(
+        "  if [ -z \"$pending\" ]; then echo \"drained after ${waited}s\"; exit 0; fi\n  if [ \"$waited\" -ge \"$limit\" ]; then echo \"drain timeout after ${waited}s, still in flight:$pending\" >&2; exit 0; fi\n  sleep 1\n  waited=$((waited + 1))\ndone\n",
+    );
+    s
+}
+
+/// An HTTP health probe of an upstream, from the gateway host.
+pub fn http_probe_script(url: &str, timeout: Duration) -> String {
+    format!(
+        "set -eu\nurl={}\nlimit={}\nwaited=0\nuntil curl --silent --fail --output /dev/null --max-time 5 \"$url\"; do\n  if [ \"$waited\" -ge \"$limit\" ]; then echo \"$url did not answer after ${{waited}}s\" >&2; exit 1; fi\n  sleep 2\n  waited=$((waited + 2))\ndone\necho \"$url answers\"\n",
+        quote(url),
+        timeout.as_secs(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn sh_syntax_ok(script: &str) {
+        let out = Command::new("sh")
+            .arg("-n")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{script}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn hostile_build() -> BuildSpec {
+        BuildSpec {
+            op_dir: "/home/ks/operations/o p'1".into(),
+            repo: "ssh://git@10.77.0.1:2222/srv/git/$(reboot).git".into(),
+            revision: "main; rm -rf /".into(),
+            dockerfile: "Docker file".into(),
+            context: "`id`".into(),
+            image: "10.77.0.1:5000/acme/shop".into(),
+            deploy_key: true,
+            push: Some(RegistryLogin {
+                host: "10.77.0.1:5000".into(),
+                username: "deploy".into(),
+                password: "{{secret:registry.password}}".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn build_script_traps_first_and_quotes_everything() {
+        let s = build_script(&hostile_build());
+        sh_syntax_ok(&s);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[1], "op_dir='/home/ks/operations/o p'\\''1'");
+        assert_eq!(lines[2], "trap 'rm -rf -- \"$op_dir\"' EXIT");
+        assert!(s.contains("git clone --quiet -- 'ssh://git@10.77.0.1:2222/srv/git/$(reboot).git' "));
+        assert!(s.contains("revision='main; rm -rf /'\n"));
+        assert!(s.contains("docker push \"$image:$commit\""));
+        assert!(!s.contains("{{secret:"), "secrets travel on stdin only");
+    }
+
+    #[test]
+    fn local_build_does_not_push() {
+        let mut b = hostile_build();
+        b.push = None;
+        b.deploy_key = false;
+        let s = build_script(&b);
+        sh_syntax_ok(&s);
+        assert!(!s.contains("docker push"));
+        assert!(!s.contains("docker login"));
+        assert!(!s.contains("GIT_SSH_COMMAND"));
+    }
+
+    #[test]
+    fn git_ssh_command_survives_a_hostile_key_path() {
+        // The value is parsed twice: by our shell (export) and by git's `sh -c`.
+        let mut b = hostile_build();
+        b.op_dir = "/tmp/a b'$(id)".into();
+        let s = build_script(&b);
+        let line = s.lines().find(|l| l.starts_with("export GIT_SSH_COMMAND=")).unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{line}\nprintf '%s' \"$GIT_SSH_COMMAND\""))
+            .output()
+            .unwrap();
+        let value = String::from_utf8(out.stdout).unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("set -- {value}; printf '%s|' \"$@\""))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "ssh|-i|/tmp/a b'$(id)/deploy_key|-o|IdentitiesOnly=yes|-o|StrictHostKeyChecking=accept-new|"
+        );
+    }
+
+    #[test]
+    fn every_script_parses() {
+        let t = Duration::from_secs(30);
+        sh_syntax_ok(&pull_script(
+            "r/a@{{digest:shop}}",
+            Some(&hostile_build().push.unwrap()),
+            "/tmp/x y",
+        ));
+        sh_syntax_ok(&compose_up_script("/a b", "p'q"));
+        sh_syntax_ok(&compose_down_script("/a b", "p'q"));
+        sh_syntax_ok(&wait_healthy_script("c'$(id)", t));
+        sh_syntax_ok(&volume_check_script("keystone_service_x_data"));
+        sh_syntax_ok(&volume_same_script("v", "{{volume:x}}"));
+        sh_syntax_ok(&compose_run_script("/d", "p", "web", &["php".into(), "a b".into()]));
+        sh_syntax_ok(&caddy_ensure_route_script("http://127.0.0.1:2019", "a'b", "/config/x"));
+        sh_syntax_ok(&caddy_drain_script(
+            "http://127.0.0.1:2019",
+            &["10.0.0.1:1".into(), "x'y".into()],
+            t,
+        ));
+        sh_syntax_ok(&http_probe_script("http://10.0.0.1:1/up", t));
+    }
+
+    #[test]
+    fn wait_healthy_reports_a_missing_container_with_its_logs() {
+        let s = wait_healthy_script("keystone-no-such-container-x", Duration::from_secs(0));
+        assert!(s.contains("docker logs --tail 50 \"$container\""));
+        assert!(s.contains("{{if .State.Health}}health:{{.State.Health.Status}}"));
+    }
+
+    #[test]
+    fn drain_treats_absent_or_idle_upstreams_as_drained() {
+        // Run the drain loop's check against canned admin answers through a fake curl.
+        let dir = tempfile::tempdir().unwrap();
+        let curl = dir.path().join("curl");
+        std::fs::write(
+            &curl,
+            "#!/bin/sh\ncat \"$FAKE_UPSTREAMS\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&curl, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let answers = dir.path().join("answers.json");
+        let script = caddy_drain_script(
+            "http://127.0.0.1:2019",
+            &["10.0.0.1:8081".into(), "10.0.0.2:8081".into()],
+            Duration::from_secs(0),
+        );
+        let run = |json: &str| {
+            std::fs::write(&answers, json).unwrap();
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+                .env("FAKE_UPSTREAMS", &answers)
+                .output()
+                .unwrap();
+            (
+                String::from_utf8(out.stdout).unwrap(),
+                String::from_utf8(out.stderr).unwrap(),
+            )
+        };
+        let (out, _) = run(r#"[{"address":"10.0.0.3:8081","num_requests":4,"fails":0},{"address":"10.0.0.1:8081","num_requests":0,"fails":0}]"#);
+        assert_eq!(out, "drained after 0s\n");
+        let (_, err) = run(r#"[{"address":"10.0.0.2:8081","num_requests":2,"fails":0}]"#);
+        assert_eq!(err, "drain timeout after 0s, still in flight: 10.0.0.2:8081\n");
+    }
+}
