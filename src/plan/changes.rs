@@ -158,7 +158,10 @@ mod tests {
 
     #[test]
     fn values_and_digests_are_shortened() {
-        assert_eq!(show_value(&"x".repeat(50)), format!("\"{}…\"", "x".repeat(40)));
+        assert_eq!(
+            show_value(&"x".repeat(50)),
+            format!("\"{}…\"", "x".repeat(40))
+        );
         assert_eq!(
             short_digest(&format!("sha256:{}", "ab".repeat(32))),
             "sha256:abababababab…"

@@ -2,105 +2,200 @@
 //!
 //! Every piece of service-type knowledge the planner needs (names, blue/green slots and host
 //! ports, Valkey indexes, the scheduler holder, migrations, variables, the queue-driver guard,
-//! rendered files) is asked here. Each function delegates to the drivers module where the
-//! drivers provide the answer; the few rules still answered here are marked `interim` and are
-//! replaced by the drivers' functions as they land (docs/plan.md lists them).
+//! slice scripts, rendered files) is asked here, and each answer comes from `crate::drivers`. The
+//! one exception is marked `interim`: the replica files, until `render::replica_files` lands.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use super::applied::{Applied, AppliedReplica, VariableSource};
+use super::Finding;
+use super::applied::{Applied, AppliedReplica, AppliedSlice, ReplicaRef, VariableSource};
 use super::ops::Placeholder;
-use crate::model::{
-    AppService, AttachmentRole, Environment, MigrationMode, MigrationTiming, Model, SchedulerMode,
-    Value,
-};
+use crate::drivers::laravel::{self, PortAssignment, ReplicaKey, SchedulerHolder, Slot};
+use crate::drivers::variables::{self as vars, VariableValue};
+use crate::drivers::{self, Facts, Sensitive, SliceKey, valkey8};
+use crate::model::{AppService, Environment, Model, Origin};
 
-/// The stable name of a replica in a slot: container name, compose project and directory.
-pub fn replica_name(app: &str, env: &str, service: &str, index: u32, slot: &str) -> String {
-    format!("{app}-{env}-{service}-{index}-{slot}")
-}
+pub use laravel::{MigrationContext, MigrationRun, MigrationWhen};
 
-/// The blue/green slot a new replica starts in: the one the running replica does not use.
-/// (interim: drivers' blue/green allocation)
-pub fn next_slot(running: Option<&AppliedReplica>) -> String {
-    match running.map(|r| r.slot.as_str()) {
-        Some("a") => "b".to_string(),
-        _ => "a".to_string(),
+/// Parse a recorded slot name.
+pub fn slot_of(name: &str) -> Option<Slot> {
+    match name {
+        "blue" => Some(Slot::Blue),
+        "green" => Some(Slot::Green),
+        _ => None,
     }
 }
 
-/// The host port of a replica slot. Stable per (environment, service, index, slot) and in the
-/// range 20000–59999. (interim: drivers' host port allocation)
-pub fn host_port(app: &str, env: &str, service: &str, index: u32, slot: &str) -> u16 {
-    use sha2::{Digest, Sha256};
-    let h = Sha256::digest(format!("{app}/{env}/{service}#{index}").as_bytes());
-    let n = u16::from_be_bytes([h[0], h[1]]) % 20000;
-    20000 + n * 2 + u16::from(slot == "b")
+/// The slot a (re)deployed replica goes to.
+pub fn next_slot(running: Option<&AppliedReplica>) -> Slot {
+    Slot::next(running.and_then(|r| slot_of(&r.slot)))
 }
 
-/// When migrations of a service run in a deploy (`None`: never during a deploy).
-pub fn deploy_migration(service: &AppService) -> Option<MigrationTiming> {
-    match service.migrations.mode {
-        MigrationMode::Auto => Some(service.migrations.timing),
-        MigrationMode::Manual | MigrationMode::Disabled => None,
+pub fn replica_key(app: &str, env: &str, service: &str, index: u32) -> ReplicaKey {
+    ReplicaKey::new(app, env, service, index)
+}
+
+/// Container and compose project name of a replica slot.
+pub fn container_name(key: &ReplicaKey, slot: Slot) -> String {
+    laravel::container_name(key, slot)
+}
+
+/// The directory of a replica slot on its server.
+pub fn remote_dir(root: &str, key: &ReplicaKey, slot: Slot) -> String {
+    laravel::remote_dir(root, key, slot)
+}
+
+/// Host ports of every replica (drivers' allocation, stable across deploys), with the
+/// allocation errors as blockers by environment key.
+pub fn host_ports(
+    model: &Model,
+    applied: &Applied,
+) -> (
+    BTreeMap<ReplicaKey, PortAssignment>,
+    BTreeMap<String, Vec<Finding>>,
+) {
+    let mut previous = BTreeMap::new();
+    for (key, e) in &applied.environments {
+        let Some((app, env)) = key.split_once('/') else {
+            continue;
+        };
+        for (svc, s) in &e.services {
+            for r in &s.replicas {
+                let (Some(port), Some(slot)) = (r.host_port, slot_of(&r.slot)) else {
+                    continue;
+                };
+                previous.insert(
+                    ReplicaKey::new(app, env, svc, r.index),
+                    PortAssignment {
+                        server: r.server.clone(),
+                        base: port - slot.port_offset(),
+                    },
+                );
+            }
+        }
+    }
+    match laravel::allocate_host_ports(model, &previous) {
+        Ok(a) => (a, BTreeMap::new()),
+        Err(errors) => {
+            let mut blockers: BTreeMap<String, Vec<Finding>> = BTreeMap::new();
+            for e in errors {
+                let laravel::AllocError::HostPortsExhausted {
+                    replica, origin, ..
+                } = &e;
+                blockers
+                    .entry(format!("{}/{}", replica.app, replica.env))
+                    .or_default()
+                    .push(finding("host-ports-exhausted", origin, e.to_string()));
+            }
+            // Environments without errors still plan; their replicas get what could be served.
+            let ok = laravel::allocate_host_ports(&without_envs(model, &blockers), &previous)
+                .unwrap_or_default();
+            (ok, blockers)
+        }
     }
 }
 
-/// Whether an explicit `keystone migrate` request may run this service's migrations.
-pub fn requested_migration_allowed(service: &AppService) -> bool {
-    service.migrations.mode != MigrationMode::Disabled
-}
-
-/// The command line of a migration, as argv.
-pub fn migration_argv(service: &AppService) -> Vec<String> {
-    vec![
-        "sh".to_string(),
-        "-c".to_string(),
-        service.migrations.command.clone(),
-    ]
-}
-
-/// The replica that holds the scheduler in `single` mode: the recorded holder while it still
-/// exists, else replica 1. `None` when the environment has no scheduler.
-pub fn scheduler_holder(
-    env: &Environment,
-    previous: Option<&super::applied::ReplicaRef>,
-) -> Option<super::applied::ReplicaRef> {
-    let s = env.scheduler.as_ref()?;
-    if s.mode != SchedulerMode::Single {
-        return None;
+/// The model without the named environments (to allocate for everyone else).
+fn without_envs(model: &Model, envs: &BTreeMap<String, Vec<Finding>>) -> Model {
+    let mut m = model.clone();
+    for app in m.applications.values_mut() {
+        let name = app.name.clone();
+        app.environments
+            .retain(|env, _| !envs.contains_key(&format!("{name}/{env}")));
     }
-    let svc = env.services.get(&s.service)?;
-    if let Some(p) = previous
-        && p.service == s.service
-        && p.index >= 1
-        && p.index <= svc.replicas
-    {
-        return Some(p.clone());
-    }
-    Some(super::applied::ReplicaRef {
-        service: s.service.clone(),
-        index: 1,
-    })
+    m
 }
 
-/// Whether replica `index` of `service` runs the scheduler.
-pub fn runs_scheduler(
-    env: &Environment,
-    holder: Option<&super::applied::ReplicaRef>,
-    service: &str,
-    index: u32,
-) -> bool {
-    match &env.scheduler {
-        Some(s) if s.service == service => match s.mode {
-            SchedulerMode::EveryReplica => true,
-            SchedulerMode::Single => holder.is_some_and(|h| h.service == service && h.index == index),
-        },
-        _ => false,
+/// A finding located at a config origin, with the driver's message (which starts with the
+/// location; it is kept once, in `location`).
+fn finding(code: &str, origin: &Origin, message: String) -> Finding {
+    let loc = origin.to_string();
+    let message = message
+        .strip_prefix(&format!("{loc}: "))
+        .map(str::to_string)
+        .unwrap_or(message);
+    Finding {
+        code: code.into(),
+        location: Some(loc),
+        message,
+        hint: None,
     }
 }
 
-/// One variable of an environment's `.env`, with its source.
+/// Valkey logical database per slice (drivers' allocation), with errors as blockers by
+/// environment key.
+pub fn valkey_indexes(
+    model: &Model,
+    applied: &Applied,
+) -> (BTreeMap<SliceKey, u32>, BTreeMap<String, Vec<Finding>>) {
+    let mut previous = BTreeMap::new();
+    for (key, e) in &applied.environments {
+        let Some((app, env)) = key.split_once('/') else {
+            continue;
+        };
+        for (svc, slice) in &e.slices {
+            if let AppliedSlice::ValkeyDatabase { index, .. } = slice {
+                previous.insert(SliceKey::new(svc, app, env), *index);
+            }
+        }
+    }
+    match valkey8::allocate_indexes(model, &previous) {
+        Ok(a) => (a, BTreeMap::new()),
+        Err(errors) => {
+            let mut blockers: BTreeMap<String, Vec<Finding>> = BTreeMap::new();
+            for e in &errors {
+                let (origin, slice) = match e {
+                    valkey8::IndexError::Exhausted { origin, slice, .. }
+                    | valkey8::IndexError::BeyondDatabases { origin, slice, .. } => (origin, slice),
+                };
+                blockers
+                    .entry(format!("{}/{}", slice.app, slice.env))
+                    .or_default()
+                    .push(finding("valkey-indexes-exhausted", origin, e.to_string()));
+            }
+            let ok = valkey8::allocate_indexes(&without_envs(model, &blockers), &previous)
+                .unwrap_or_default();
+            (ok, blockers)
+        }
+    }
+}
+
+/// The generated password of a Postgres slice's role, as a placeholder the executor fills.
+pub fn postgres_password(slice: &SliceKey) -> Sensitive {
+    Sensitive::new(Placeholder::generated(&format!(
+        "postgres/{}/{}/{}/password",
+        slice.service, slice.app, slice.env
+    )))
+}
+
+/// The admin credentials of a Postgres service, as placeholders.
+pub fn postgres_admin(service: &str) -> drivers::Credentials {
+    drivers::postgres18::admin_credentials(Sensitive::new(Placeholder::generated(&format!(
+        "postgres/{service}/admin/password"
+    ))))
+}
+
+/// The facts drivers need: Valkey indexes and Postgres passwords (placeholders).
+pub fn facts(model: &Model, env: &Environment, valkey: &BTreeMap<SliceKey, u32>) -> Facts {
+    let mut f = Facts {
+        valkey_indexes: valkey.clone(),
+        ..Facts::default()
+    };
+    for a in &env.attachments {
+        if model
+            .services
+            .get(&a.service)
+            .is_some_and(|s| s.driver == "postgres18")
+        {
+            let k = SliceKey::new(&a.service, &env.app, &env.name);
+            f.postgres_passwords
+                .insert(k.clone(), postgres_password(&k));
+        }
+    }
+    f
+}
+
+/// One variable of an environment's `.env`, with its source, as the planner shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Variable {
     pub name: String,
@@ -109,99 +204,126 @@ pub struct Variable {
     pub value: String,
     /// Whether the value is a secret (shown only as changed/unchanged).
     pub secret: bool,
+    pub overridable: bool,
 }
 
-/// The variables of an environment, in file order. (interim: drivers' variables function adds
-/// the managed exports of every attachment)
-pub fn variables(env: &Environment) -> Vec<Variable> {
-    env.variables
-        .iter()
-        .map(|(name, v)| match v {
-            Value::Plain(p) => Variable {
-                name: name.clone(),
-                source: VariableSource::User,
-                value: p.clone(),
-                secret: false,
-            },
-            Value::Secret(r) => Variable {
-                name: name.clone(),
-                source: VariableSource::Secret {
-                    path: r.display_path(),
-                },
-                value: Placeholder::secret(r),
-                secret: true,
-            },
-        })
-        .collect()
-}
-
-/// The queue driver the environment will run with. (interim: drivers' queue-driver guard)
-pub fn queue_driver(env: &Environment, vars: &[Variable]) -> Option<String> {
-    if let Some(v) = vars.iter().find(|v| v.name == "QUEUE_CONNECTION") {
-        return Some(v.value.clone());
-    }
-    env.attachments
-        .iter()
-        .any(|a| a.role == AttachmentRole::Queue)
-        .then(|| "redis".to_string())
-}
-
-/// Whether the environment confirmed a queue-driver change.
-pub fn queue_change_confirmed(env: &Environment) -> bool {
-    env.attachments
-        .iter()
-        .any(|a| a.role == AttachmentRole::Queue && a.confirm_queue_driver)
-}
-
-/// Valkey logical database per (valkey service, environment key): recorded indexes stay, new
-/// slices take the lowest free index in environment order. An exhausted service leaves the
-/// environment out and names it in the error list. (interim: drivers' `valkey8` allocation)
-pub fn valkey_indexes(
+/// The environment's variables (drivers' variables function), converted; errors are blockers.
+pub fn variables(
     model: &Model,
-    applied: &Applied,
-) -> (BTreeMap<(String, String), u32>, BTreeSet<(String, String)>) {
-    let mut out = BTreeMap::new();
-    let mut used: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
-    for (key, e) in &applied.environments {
-        for (svc, slice) in &e.slices {
-            if let super::applied::AppliedSlice::ValkeyDatabase { index, .. } = slice {
-                out.insert((svc.clone(), key.clone()), *index);
-                used.entry(svc.clone()).or_default().insert(*index);
-            }
+    env: &Environment,
+    facts: &Facts,
+) -> (Vec<vars::Variable>, Vec<Variable>, Vec<Finding>) {
+    match vars::environment_variables(model, env, facts) {
+        Ok(list) => {
+            let shown = list
+                .iter()
+                .map(|v| Variable {
+                    name: v.name.clone(),
+                    source: match &v.source {
+                        vars::VariableSource::User => VariableSource::User,
+                        vars::VariableSource::Secret => VariableSource::Secret {
+                            path: match &v.value {
+                                VariableValue::Secret(r) => r.display_path(),
+                                _ => String::new(),
+                            },
+                        },
+                        vars::VariableSource::Managed { slice } => VariableSource::Managed {
+                            slice: slice.to_string(),
+                        },
+                    },
+                    value: match &v.value {
+                        VariableValue::Plain(p) => p.clone(),
+                        VariableValue::Secret(r) => Placeholder::secret(r),
+                        VariableValue::Sensitive(s) => s.expose().to_string(),
+                    },
+                    secret: v.is_secret(),
+                    overridable: v.overridable,
+                })
+                .collect();
+            (list, shown, Vec::new())
         }
+        Err(errors) => (
+            Vec::new(),
+            Vec::new(),
+            errors
+                .iter()
+                .map(|e| finding("variables", e.origin(), e.to_string()))
+                .collect(),
+        ),
     }
-    let mut exhausted = BTreeSet::new();
-    for app in model.applications.values() {
-        for env in app.environments.values() {
-            for a in &env.attachments {
-                let Some(svc) = model.services.get(&a.service) else {
-                    continue;
-                };
-                if svc.driver != "valkey8" {
-                    continue;
-                }
-                let k = (svc.name.clone(), env.key());
-                if out.contains_key(&k) {
-                    continue;
-                }
-                let limit = svc.databases.unwrap_or(16);
-                let taken = used.entry(svc.name.clone()).or_default();
-                match (0..limit).find(|i| !taken.contains(i)) {
-                    Some(i) => {
-                        taken.insert(i);
-                        out.insert(k, i);
-                    }
-                    None => {
-                        exhausted.insert(k);
-                    }
-                }
-            }
-        }
-    }
-    (out, exhausted)
 }
 
-/// The files of one replica. (interim: drivers' `render::replica_files`)
+/// The queue-driver guard (drivers' `valkey8::check_queue_driver`).
+pub fn queue_guard(
+    env: &Environment,
+    variables: &[vars::Variable],
+    previous: Option<Option<String>>,
+) -> Option<Finding> {
+    let previous = match previous {
+        None => valkey8::PreviousQueue::NeverDeployed,
+        Some(q) => valkey8::PreviousQueue::Deployed(q),
+    };
+    valkey8::check_queue_driver(env, variables, &previous)
+        .err()
+        .map(|e| finding("queue-driver-change", &e.origin, e.to_string()))
+}
+
+/// The `QUEUE_CONNECTION` the environment runs with.
+pub fn queue_driver(variables: &[Variable]) -> Option<String> {
+    variables
+        .iter()
+        .find(|v| v.name == "QUEUE_CONNECTION" && !v.secret)
+        .map(|v| v.value.clone())
+}
+
+/// The scheduler holder (drivers' stable choice).
+pub fn scheduler_holder(env: &Environment, previous: Option<&ReplicaRef>) -> Option<ReplicaRef> {
+    let prev = previous.map(|p| SchedulerHolder {
+        service: p.service.clone(),
+        replica: p.index,
+    });
+    laravel::scheduler_holder(env, prev.as_ref()).map(|h| ReplicaRef {
+        service: h.service,
+        index: h.replica,
+    })
+}
+
+pub fn runs_scheduler(
+    env: &Environment,
+    holder: Option<&ReplicaRef>,
+    service: &str,
+    index: u32,
+) -> bool {
+    let h = holder.map(|p| SchedulerHolder {
+        service: p.service.clone(),
+        replica: p.index,
+    });
+    laravel::runs_scheduler(env, service, index, h.as_ref())
+}
+
+/// The migration decision (drivers' one function).
+pub fn migration(service: &AppService, context: MigrationContext) -> Option<MigrationRun> {
+    laravel::migration(service, context)
+}
+
+/// The migration in a one-off container of a rendered replica.
+pub fn migration_script(run: &MigrationRun, dir: &str, project: &str, service: &str) -> String {
+    laravel::migration_script(run, dir, project, service)
+}
+
+/// The image repository of an application.
+pub fn image_repository(model: &Model, app: &str) -> String {
+    laravel::image_repository(model, app).unwrap_or_else(|| format!("keystone/{app}"))
+}
+
+/// The driver's commands before traffic switches to a new container.
+pub fn pre_switch_steps(service: &AppService) -> Vec<drivers::ContainerCommand> {
+    drivers::get(&service.driver)
+        .map(|d| d.pre_switch_steps())
+        .unwrap_or_default()
+}
+
+/// The files of one replica.
 pub struct ReplicaFiles {
     pub compose: Vec<u8>,
     pub env: Vec<u8>,
@@ -232,15 +354,18 @@ pub fn replica_files(r: &ReplicaInput<'_>) -> ReplicaFiles {
         "    ports: [{}]\n",
         yaml_str(&format!("{}:{}", r.host_port, svc.port))
     ));
-    if let Some(c) = &svc.command {
-        compose.push_str(&format!("    command: {}\n", yaml_str(c)));
+    if let Some(c) = laravel::process_command(svc) {
+        compose.push_str(&format!(
+            "    command: [\"sh\", \"-c\", {}]\n",
+            yaml_str(&c)
+        ));
     }
     let mut env = String::new();
     for v in r.variables {
         env.push_str(&format!("{}={}\n", v.name, dotenv_str(&v.value)));
     }
     if r.scheduler {
-        env.push_str("AUTORUN_LARAVEL_SCHEDULER=true\n");
+        env.push_str(&format!("{}=true\n", laravel::SCHEDULER_VARIABLE));
     }
     ReplicaFiles {
         compose: compose.into_bytes(),
@@ -253,5 +378,5 @@ fn yaml_str(s: &str) -> String {
 }
 
 fn dotenv_str(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
+    serde_json::to_string(s).expect("a string serializes")
 }

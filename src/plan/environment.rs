@@ -7,22 +7,30 @@ use super::applied::{
     Applied, AppliedAppService, AppliedEnvironment, AppliedImage, AppliedReplica, AppliedSlice,
     AppliedVariable, VariableSource, plain_fingerprint,
 };
-use super::changes::{Change, show_value, short_commit, short_digest};
-use super::driving::{self, Variable};
+use super::changes::{Change, short_commit, short_digest, show_value};
+use super::driving::{self, MigrationContext, MigrationWhen, Variable};
 use super::ops::{Children, Operation, OperationKind, Placeholder, Step, StepAction, Target};
 use super::script::{self, BuildSpec, RegistryLogin, payload};
 use super::{EnvironmentPlan, EnvironmentStatus, Finding, PlanContext, Request, SecretState};
+use crate::drivers::laravel::{PortAssignment, ReplicaKey, Slot};
+use crate::drivers::{self, SliceContext, SliceKey};
 use crate::model::{
-    Application, AttachmentRole, BuildStrategy, Environment, MigrationTiming, Model, SecretRef,
-    Value,
+    Application, AttachmentRole, BuildStrategy, Environment, Model, SecretRef, Value,
 };
 
 /// The Caddy server (in the gateway's JSON config) that holds the environments' routes.
-/// (interim: the caddy2 driver's base config names it)
+/// (interim: until the caddy2 driver's rendered caddy.json names it)
 pub const CADDY_SERVER: &str = "keystone";
 /// How long the cutover waits for the old upstreams to finish their requests.
-/// (interim: the caddy2 driver's drain timeout)
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Allocations made once for the whole model (they must not collide across environments).
+pub(super) struct Allocations {
+    pub valkey: BTreeMap<SliceKey, u32>,
+    pub ports: BTreeMap<ReplicaKey, PortAssignment>,
+    /// Allocation errors by environment key.
+    pub blockers: BTreeMap<String, Vec<Finding>>,
+}
 
 const SHORT: Duration = Duration::from_secs(60);
 const PULL: Duration = Duration::from_secs(600);
@@ -39,10 +47,11 @@ enum Action {
 
 /// One replica as the config wants it.
 struct Want {
+    key: ReplicaKey,
     service: String,
     index: u32,
     server: String,
-    slot: String,
+    slot: Slot,
     name: String,
     host_port: u16,
     fingerprint: String,
@@ -74,14 +83,14 @@ struct Env<'a> {
     repository: String,
     login: Option<RegistryLogin>,
     variables: Vec<Variable>,
+    facts: drivers::Facts,
 }
 
 pub(super) fn plan_environment(
     model: &Model,
     applied: &Applied,
     ctx: &PlanContext,
-    valkey: &BTreeMap<(String, String), u32>,
-    exhausted: &BTreeSet<(String, String)>,
+    alloc: &Allocations,
     app_name: &str,
     env_name: &str,
     mut blockers: Vec<Finding>,
@@ -134,7 +143,12 @@ pub(super) fn plan_environment(
     if let Some(Value::Secret(r)) = &app.source.deploy_key {
         used.push(r);
     }
-    if let Some(reg) = app.build.registry.as_ref().and_then(|r| model.registries.get(r)) {
+    if let Some(reg) = app
+        .build
+        .registry
+        .as_ref()
+        .and_then(|r| model.registries.get(r))
+    {
         for v in [&reg.username, &reg.password].into_iter().flatten() {
             if let Value::Secret(r) = v {
                 used.push(r);
@@ -171,41 +185,36 @@ pub(super) fn plan_environment(
         });
     }
 
-    let variables = driving::variables(env);
+    blockers.extend(alloc.blockers.get(&key).cloned().unwrap_or_default());
+    let facts = driving::facts(model, env, &alloc.valkey);
+    let (raw_vars, variables, var_blockers) = driving::variables(model, env, &facts);
+    blockers.extend(var_blockers);
 
     // Queue driver guard.
-    let queue = driving::queue_driver(env, &variables);
-    if let Some(before) = applied_env.and_then(|a| a.queue_driver.as_ref())
-        && queue.as_ref() != Some(before)
-        && !driving::queue_change_confirmed(env)
+    let queue = driving::queue_driver(&variables);
+    if var_blockers_empty(&raw_vars, env)
+        && let Some(b) =
+            driving::queue_guard(env, &raw_vars, applied_env.map(|a| a.queue_driver.clone()))
     {
-        let origin = env
-            .attachments
-            .iter()
-            .find(|a| a.role == AttachmentRole::Queue)
-            .map(|a| a.origin.to_string())
-            .unwrap_or_else(|| env.origin.to_string());
-        blockers.push(Finding {
-            code: "queue-driver-change".into(),
-            location: Some(origin),
-            message: format!(
-                "the queue driver of {key} changes from {before} to {}: queued jobs of the old driver would be lost",
-                queue.as_deref().unwrap_or("the framework default")
-            ),
-            hint: Some(
-                "drain the queue, then add `confirm_queue_driver: true` to the queue attachment"
-                    .into(),
-            ),
-        });
+        blockers.push(b);
     }
 
     // Build and registry checks (SPEC §5).
     let all_servers: BTreeSet<&str> = env
         .services
         .values()
-        .flat_map(|s| s.servers.iter().take(s.replicas as usize).map(String::as_str))
+        .flat_map(|s| {
+            s.servers
+                .iter()
+                .take(s.replicas as usize)
+                .map(String::as_str)
+        })
         .collect();
-    let registry = app.build.registry.as_ref().and_then(|r| model.registries.get(r));
+    let registry = app
+        .build
+        .registry
+        .as_ref()
+        .and_then(|r| model.registries.get(r));
     match app.build.strategy {
         BuildStrategy::Local if all_servers.len() > 1 => blockers.push(Finding {
             code: "local-build-multi-server".into(),
@@ -239,32 +248,7 @@ pub(super) fn plan_environment(
             hint: Some("set build.registry to a registry of registries/".into()),
         });
     }
-    for ((svc, k), ()) in exhausted.iter().map(|k| (k, ())) {
-        if k == &key {
-            blockers.push(Finding {
-                code: "valkey-indexes-exhausted".into(),
-                location: env
-                    .attachments
-                    .iter()
-                    .find(|a| &a.service == svc)
-                    .map(|a| a.origin.to_string()),
-                message: format!("{svc} has no free logical database left for {key}"),
-                hint: Some(format!("raise `databases:` of services/{svc}.yaml")),
-            });
-        }
-    }
-
-    let repository = match registry {
-        Some(r) => {
-            let mut repo = r.url.clone();
-            if let Some(ns) = &r.namespace {
-                repo.push('/');
-                repo.push_str(ns);
-            }
-            format!("{repo}/{}", app.build.repository)
-        }
-        None => format!("keystone-local/{}", app.build.repository),
-    };
+    let repository = driving::image_repository(model, &app.name);
     let login = registry.and_then(|r| {
         let password = r.password.as_ref()?;
         Some(RegistryLogin {
@@ -313,15 +297,20 @@ pub(super) fn plan_environment(
         repository: repository.clone(),
         login,
         variables,
+        facts,
     };
 
     // Desired replicas.
-    let holder = driving::scheduler_holder(env, applied_env.and_then(|a| a.scheduler_holder.as_ref()));
+    let holder =
+        driving::scheduler_holder(env, applied_env.and_then(|a| a.scheduler_holder.as_ref()));
     let mut wants: BTreeMap<String, Vec<Want>> = BTreeMap::new();
     for (svc_name, svc) in &env.services {
         let mut list = Vec::new();
         for index in 1..=svc.replicas {
-            let server = svc.servers[((index - 1) as usize) % svc.servers.len().max(1)].clone();
+            let rkey = driving::replica_key(app_name, env_name, svc_name, index);
+            let server = drivers::laravel::replica_server(svc, index)
+                .unwrap_or_default()
+                .to_string();
             let previous = applied_env
                 .and_then(|a| a.services.get(svc_name))
                 .and_then(|s| s.replicas.iter().find(|r| r.index == index))
@@ -330,29 +319,30 @@ pub(super) fn plan_environment(
             let fingerprint = replica_fingerprint(&e, svc_name, scheduler);
             let action = match &previous {
                 None => Action::New,
-                Some(p) if p.server != server => Action::Replace(format!("moved from {}", p.server)),
+                Some(p) if p.server != server => {
+                    Action::Replace(format!("moved from {}", p.server))
+                }
                 Some(p) if p.digest != digest => Action::Replace("image changed".into()),
                 Some(p) if p.env_fingerprint.as_deref() != Some(fingerprint.as_str()) => {
                     Action::Replace("env changed".into())
                 }
                 Some(_) => Action::Keep,
             };
-            let (slot, name, host_port) = match (&action, &previous) {
-                (Action::Keep, Some(p)) => (
-                    p.slot.clone(),
-                    p.container.clone(),
-                    p.host_port.unwrap_or_default(),
-                ),
-                _ => {
-                    let slot = driving::next_slot(previous.as_ref());
-                    (
-                        slot.clone(),
-                        driving::replica_name(app_name, env_name, svc_name, index, &slot),
-                        driving::host_port(app_name, env_name, svc_name, index, &slot),
-                    )
-                }
+            let slot = match (&action, &previous) {
+                (Action::Keep, Some(p)) => driving::slot_of(&p.slot).unwrap_or(Slot::Blue),
+                _ => driving::next_slot(previous.as_ref()),
             };
+            let name = match (&action, &previous) {
+                (Action::Keep, Some(p)) => p.container.clone(),
+                _ => driving::container_name(&rkey, slot),
+            };
+            let host_port = alloc
+                .ports
+                .get(&rkey)
+                .map(|p| p.host_port(slot))
+                .unwrap_or_default();
             list.push(Want {
+                key: rkey,
                 service: svc_name.clone(),
                 index,
                 server,
@@ -373,7 +363,12 @@ pub(super) fn plan_environment(
     if let Some(a) = applied_env {
         for (svc_name, svc) in &a.services {
             let keep = env.services.get(svc_name).map(|s| s.replicas).unwrap_or(0);
-            let gone: Vec<_> = svc.replicas.iter().filter(|r| r.index > keep).cloned().collect();
+            let gone: Vec<_> = svc
+                .replicas
+                .iter()
+                .filter(|r| r.index > keep)
+                .cloned()
+                .collect();
             if !gone.is_empty() {
                 leaving.insert(svc_name.clone(), gone);
             }
@@ -387,11 +382,17 @@ pub(super) fn plan_environment(
             continue;
         };
         let slice = match svc.driver.as_str() {
-            "postgres18" => AppliedSlice::PostgresDatabase {
-                database: slice_ident(app_name, env_name),
-                role: slice_ident(app_name, env_name),
-            },
+            "postgres18" => {
+                let names = drivers::postgres18::slice_names(&SliceKey::new(
+                    &a.service, app_name, env_name,
+                ));
+                AppliedSlice::PostgresDatabase {
+                    database: names.database,
+                    role: names.role,
+                }
+            }
             "valkey8" => {
+                let slice_key = SliceKey::new(&a.service, app_name, env_name);
                 let mut roles = match slices.get(&a.service) {
                     Some(AppliedSlice::ValkeyDatabase { roles, .. }) => roles.clone(),
                     _ => Vec::new(),
@@ -400,10 +401,7 @@ pub(super) fn plan_environment(
                 roles.sort();
                 roles.dedup();
                 AppliedSlice::ValkeyDatabase {
-                    index: valkey
-                        .get(&(a.service.clone(), key.clone()))
-                        .copied()
-                        .unwrap_or_default(),
+                    index: alloc.valkey.get(&slice_key).copied().unwrap_or_default(),
                     roles,
                 }
             }
@@ -415,14 +413,30 @@ pub(super) fn plan_environment(
         slices.insert(a.service.clone(), slice);
     }
 
-    let changes = compute_changes(&e, &wants, &leaving, &slices, need_build, source_commit.as_deref());
+    let changes = compute_changes(
+        &e,
+        &wants,
+        &leaving,
+        &slices,
+        need_build,
+        source_commit.as_deref(),
+    );
 
     // Warnings: servers nothing was ever deployed to.
     let known: BTreeSet<&str> = applied
         .environments
         .values()
-        .flat_map(|a| a.services.values().flat_map(|s| s.replicas.iter().map(|r| r.server.as_str())))
-        .chain(applied.services.values().flat_map(|s| s.replicas.iter().map(|r| r.server.as_str())))
+        .flat_map(|a| {
+            a.services
+                .values()
+                .flat_map(|s| s.replicas.iter().map(|r| r.server.as_str()))
+        })
+        .chain(
+            applied
+                .services
+                .values()
+                .flat_map(|s| s.replicas.iter().map(|r| r.server.as_str())),
+        )
         .collect();
     let new_servers: BTreeSet<&str> = wants
         .values()
@@ -443,7 +457,9 @@ pub(super) fn plan_environment(
             });
         }
     }
-    if need_build && source_commit.is_none() && app.build.strategy != BuildStrategy::ExternalRegistry
+    if need_build
+        && source_commit.is_none()
+        && app.build.strategy != BuildStrategy::ExternalRegistry
     {
         out.warnings.push(Finding {
             code: "source-commit-unresolved".into(),
@@ -481,10 +497,22 @@ pub(super) fn plan_environment(
         return plan_migrate_request(&e, out);
     }
 
-    let (root, summary) = build_tree(&e, &wants, &leaving, &slices, need_build, source_commit.as_deref());
-    let any_change = !root.children.is_empty() || out.changes.iter().any(|c| c.kind != super::ChangeKind::Unchanged);
+    let (root, summary) = build_tree(
+        &e,
+        &wants,
+        &leaving,
+        &slices,
+        need_build,
+        source_commit.as_deref(),
+    );
+    let any_change = !root.children.is_empty()
+        || out
+            .changes
+            .iter()
+            .any(|c| c.kind != super::ChangeKind::Unchanged);
     if !any_change {
         out.summary = "no changes".into();
+        out.changes.clear();
         return out;
     }
     out.status = EnvironmentStatus::Changed;
@@ -514,7 +542,7 @@ pub(super) fn plan_environment(
                             .map(|w| AppliedReplica {
                                 index: w.index,
                                 server: w.server.clone(),
-                                slot: w.slot.clone(),
+                                slot: w.slot.as_str().to_string(),
                                 container: w.name.clone(),
                                 project: w.name.clone(),
                                 host_port: Some(w.host_port),
@@ -569,9 +597,9 @@ fn value_text(v: &Value) -> String {
     }
 }
 
-/// `shop_production`: Postgres identifiers of an environment's slice. (interim: postgres18)
-fn slice_ident(app: &str, env: &str) -> String {
-    format!("{app}_{env}").replace('-', "_")
+/// Whether the variables resolved (the queue guard needs them).
+fn var_blockers_empty(raw: &[crate::drivers::variables::Variable], env: &Environment) -> bool {
+    !raw.is_empty() || env.variables.is_empty() && env.attachments.is_empty()
 }
 
 fn build_fingerprint(app: &Application, env: &Environment, registry: Option<&str>) -> String {
@@ -654,7 +682,10 @@ fn compute_changes(
                 e.repository,
                 e.app.build.tag.as_deref().unwrap_or("latest")
             ),
-            _ => format!("{built} ({} build, digest resolved at build)", strategy_name(e.app.build.strategy)),
+            _ => format!(
+                "{built} ({} build, digest resolved at build)",
+                strategy_name(e.app.build.strategy)
+            ),
         };
         match a.and_then(|a| a.image.as_ref()) {
             Some(old) => out.push(Change::changed(
@@ -679,7 +710,11 @@ fn compute_changes(
         match applied_services.get(name) {
             None => out.push(Change::added(
                 format!("service {name}"),
-                format!("({} replica{})", svc.replicas, plural(svc.replicas as usize)),
+                format!(
+                    "({} replica{})",
+                    svc.replicas,
+                    plural(svc.replicas as usize)
+                ),
             )),
             Some(old) if old.replicas.len() as u32 != svc.replicas => out.push(Change::changed(
                 format!("services.{name}.replicas"),
@@ -701,7 +736,10 @@ fn compute_changes(
                 )),
                 Action::Replace(why) if why.starts_with("moved") => out.push(Change::changed(
                     format!("services.{name}.placement {}", w.label()),
-                    w.previous.as_ref().map(|p| p.server.clone()).unwrap_or_default(),
+                    w.previous
+                        .as_ref()
+                        .map(|p| p.server.clone())
+                        .unwrap_or_default(),
                     w.server.clone(),
                 )),
                 _ => {}
@@ -732,18 +770,17 @@ fn compute_changes(
         if v.secret {
             let unchecked = fp.starts_with("unchecked:");
             match old {
-                None => out.push(Change::added(label, "(secret)")),
+                None => out.push(Change::added(label, "")),
                 Some(o) if o.source != v.source => out.push(Change::changed(
                     label,
                     source_label(&o.source),
                     "secret".to_string(),
                 )),
                 Some(_) if unchecked => out.push(Change::unchanged(label, "not checked")),
-                Some(o) if o.fingerprint != fp => out.push(Change::changed(
-                    label.clone(),
-                    "(secret)",
-                    "(secret, changed)",
-                ).with_note("value not shown")),
+                Some(o) if o.fingerprint != fp => out.push(
+                    Change::changed(label.clone(), "(secret)", "(secret, changed)")
+                        .with_note("value not shown"),
+                ),
                 Some(_) => out.push(Change::unchanged(label, "unchanged")),
             }
         } else {
@@ -775,7 +812,9 @@ fn compute_changes(
         let now = slice_text(s);
         match old_slices.get(svc) {
             None => out.push(Change::added(format!("slice {svc}"), now)),
-            Some(o) if o != s => out.push(Change::changed(format!("slice {svc}"), slice_text(o), now)),
+            Some(o) if o != s => {
+                out.push(Change::changed(format!("slice {svc}"), slice_text(o), now))
+            }
             _ => {}
         }
     }
@@ -867,27 +906,66 @@ fn build_tree(
             continue;
         }
         let svc = &e.model.services[svc_name];
-        match slice {
-            AppliedSlice::PostgresDatabase { .. } if !old_slices.contains_key(svc_name) => {
-                let server = svc.servers.first().cloned();
-                root.children.push(op(
-                    format!("{key}/slice_provision/{svc_name}"),
-                    OperationKind::SliceProvision,
-                    format!("slice_provision {svc_name}/{} (database, role)", slice_name(e)),
-                    server,
-                ));
-                counts.databases += 1;
-            }
-            AppliedSlice::ValkeyDatabase { index, .. } if !old_slices.contains_key(svc_name) => {
-                root.children.push(op(
-                    format!("{key}/slice_provision/{svc_name}"),
-                    OperationKind::SliceProvision,
-                    format!("slice_provision {svc_name}/{} (logical database {index})", slice_name(e)),
-                    svc.servers.first().cloned(),
-                ));
-            }
-            _ => {}
+        if old_slices.contains_key(svc_name) || matches!(slice, AppliedSlice::GatewayRoute { .. }) {
+            continue;
         }
+        let what = match slice {
+            AppliedSlice::PostgresDatabase { database, role } => {
+                counts.databases += 1;
+                format!("database {database}, role {role}")
+            }
+            AppliedSlice::ValkeyDatabase { index, .. } => format!("logical database {index}"),
+            AppliedSlice::GatewayRoute { .. } => unreachable!("skipped above"),
+        };
+        let mut sp = op(
+            format!("{key}/slice_provision/{svc_name}"),
+            OperationKind::SliceProvision,
+            format!("slice_provision {svc_name}/{} ({what})", slice_name(e)),
+            svc.servers.first().cloned(),
+        );
+        let slice_key = SliceKey::new(svc_name, &e.app.name, &e.env.name);
+        let admin = driving::postgres_admin(svc_name);
+        let ctx = SliceContext {
+            model: e.model,
+            service: svc,
+            slice: &slice_key,
+            facts: &e.facts,
+            admin: (svc.driver == "postgres18").then_some(&admin),
+        };
+        if let Some(d) = drivers::get(&svc.driver) {
+            match d.provision_slice(&ctx) {
+                Ok(Some(sc)) => {
+                    for server in &svc.servers {
+                        sp.steps.push(script::run(
+                            sc.name.clone(),
+                            &server_target(server),
+                            sc.script.clone(),
+                            sc.stdin.as_ref().map(|b| {
+                                payload(
+                                    b.expose().as_bytes().to_vec(),
+                                    sc.stdin_summary.clone().unwrap_or_else(|| "stdin".into()),
+                                )
+                            }),
+                            SHORT,
+                            true,
+                        ));
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => sp.steps.push(script::run(
+                    "driver error",
+                    &Target::Local,
+                    format!(
+                        "echo {} >&2\nexit 1\n",
+                        crate::shell::quote(&err.to_string())
+                    ),
+                    None,
+                    SHORT,
+                    true,
+                )),
+            }
+        }
+        root.children.push(sp);
     }
 
     // Which service the gateway routes to (its old replicas stop in the cutover).
@@ -917,21 +995,44 @@ fn build_tree(
             format!("service_deploy {svc_name}"),
             None,
         );
-        let image_changes = list.iter().any(|w| {
-            w.action == Action::New
-                || w.previous.as_ref().is_some_and(|p| p.digest != e.digest)
-        });
+        // Migrations run when the service gets a new image, not when it only scales or restarts.
+        let image_changes = list.iter().all(|w| w.previous.is_none())
+            || list
+                .iter()
+                .any(|w| w.previous.as_ref().is_some_and(|p| p.digest != e.digest));
         let first = changed.first().copied();
-        if let (Some(timing), Some(first)) = (driving::deploy_migration(svc), first)
+        if let Some(first) = first {
+            let pre = driving::pre_switch_steps(svc);
+            if !pre.is_empty() {
+                sop.steps.extend(replica_upload_steps(e, first));
+                sop.steps.extend(pull_step(e, &first.server));
+                for c in pre {
+                    sop.steps.push(script::run(
+                        format!("pre_switch: {}", c.name),
+                        &server_target(&first.server),
+                        script::compose_run_script(
+                            &replica_dir(e, first),
+                            &first.name,
+                            svc_name,
+                            &c.argv,
+                        ),
+                        None,
+                        MIGRATE,
+                        false,
+                    ));
+                }
+            }
+        }
+        if let (Some(run), Some(first)) = (driving::migration(svc, MigrationContext::Deploy), first)
             && image_changes
         {
-            match timing {
-                MigrationTiming::PreSwitch => {
-                    sop.children.push(pre_switch_migration(e, svc_name, first));
+            match run.when {
+                MigrationWhen::PreSwitch => {
+                    sop.children.push(pre_switch_migration(e, &run, first));
                     counts.migrations.insert("pre_switch");
                 }
-                MigrationTiming::PostSwitch => {
-                    post_switch.push(post_switch_migration(e, svc_name, first));
+                MigrationWhen::PostSwitch | MigrationWhen::Now => {
+                    post_switch.push(post_switch_migration(e, &run, first));
                     counts.migrations.insert("post_switch");
                 }
             }
@@ -951,7 +1052,12 @@ fn build_tree(
             && !behind_gateway
         {
             for r in gone {
-                sop.children.push(removal_op(e, &format!("{sid}/replica_removal"), svc_name, r));
+                sop.children.push(removal_op(
+                    e,
+                    &format!("{sid}/replica_removal"),
+                    svc_name,
+                    r,
+                ));
                 counts.removed += 1;
             }
         }
@@ -974,7 +1080,8 @@ fn build_tree(
             continue;
         }
         counts.removed += gone.len();
-        root.children.push(cutover_op(e, &g.service, target, &g.domains, list, &gone));
+        root.children
+            .push(cutover_op(e, &g.service, target, &g.domains, list, &gone));
     }
     root.children.extend(post_switch);
 
@@ -986,11 +1093,14 @@ fn build_tree(
         let mut sop = op(
             format!("{key}/service_removal/{svc_name}"),
             OperationKind::ServiceRemoval,
-            format!("service_removal {svc_name} (stateless: containers removed, no volume deleted)"),
+            format!(
+                "service_removal {svc_name} (stateless: containers removed, no volume deleted)"
+            ),
             None,
         );
         for r in gone {
-            sop.children.push(removal_op(e, &sop.id.clone(), svc_name, r));
+            sop.children
+                .push(removal_op(e, &sop.id.clone(), svc_name, r));
         }
         counts.services_removed += 1;
         root.children.push(sop);
@@ -1016,7 +1126,11 @@ impl Counts {
     fn summary(&self) -> String {
         let mut parts = Vec::new();
         let n = |n: usize, one: &str, many: &str| {
-            if n == 1 { format!("1 {one}") } else { format!("{n} {many}") }
+            if n == 1 {
+                format!("1 {one}")
+            } else {
+                format!("{n} {many}")
+            }
         };
         if self.builds > 0 {
             parts.push(n(self.builds, "build", "builds"));
@@ -1028,7 +1142,11 @@ impl Counts {
             parts.push(n(self.replaced, "replica replaced", "replicas replaced"));
         }
         if self.restarted > 0 {
-            parts.push(n(self.restarted, "replica restarted (variable change)", "replicas restarted (variable change)"));
+            parts.push(n(
+                self.restarted,
+                "replica restarted (variable change)",
+                "replicas restarted (variable change)",
+            ));
         }
         if self.moved > 0 {
             parts.push(n(self.moved, "replica moved", "replicas moved"));
@@ -1037,7 +1155,11 @@ impl Counts {
             parts.push(n(self.removed, "replica removed", "replicas removed"));
         }
         if self.services_removed > 0 {
-            parts.push(n(self.services_removed, "service removed", "services removed"));
+            parts.push(n(
+                self.services_removed,
+                "service removed",
+                "services removed",
+            ));
         }
         if self.databases > 0 {
             parts.push(n(self.databases, "database created", "databases created"));
@@ -1045,7 +1167,11 @@ impl Counts {
         if !self.migrations.is_empty() {
             parts.push(format!(
                 "migrations {}",
-                self.migrations.iter().copied().collect::<Vec<_>>().join(" and ")
+                self.migrations
+                    .iter()
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" and ")
             ));
         }
         if self.builds == 0 {
@@ -1070,7 +1196,11 @@ fn build_op(e: &Env<'_>, source_commit: Option<&str>) -> Operation {
             e.repository,
             e.app.build.tag.as_deref().unwrap_or("latest")
         ),
-        _ => format!("build {app}@{} ({})", short_commit(&rev), strategy_name(strategy)),
+        _ => format!(
+            "build {app}@{} ({})",
+            short_commit(&rev),
+            strategy_name(strategy)
+        ),
     };
     let op_dir = format!("{}/operations/{}", e.root, e.op_id);
     let server = match strategy {
@@ -1087,7 +1217,12 @@ fn build_op(e: &Env<'_>, source_commit: Option<&str>) -> Operation {
             .find_map(|s| s.servers.first().cloned()),
         BuildStrategy::ExternalRegistry => None,
     };
-    let mut b = op(format!("{key}/build"), OperationKind::Build, title, server.clone());
+    let mut b = op(
+        format!("{key}/build"),
+        OperationKind::Build,
+        title,
+        server.clone(),
+    );
     match strategy {
         BuildStrategy::ExternalRegistry => {
             b.steps.push(Step {
@@ -1168,9 +1303,21 @@ fn build_op(e: &Env<'_>, source_commit: Option<&str>) -> Operation {
     b
 }
 
-/// The directory of a replica on its server.
-fn replica_dir(e: &Env<'_>, name: &str) -> String {
-    format!("{}/services/{name}", e.root)
+/// The directory of a replica slot on its server.
+fn replica_dir(e: &Env<'_>, w: &Want) -> String {
+    driving::remote_dir(&e.root, &w.key, w.slot)
+}
+
+/// The directory of a running replica, by its recorded slot.
+fn applied_dir(root: &str, app: &str, env: &str, service: &str, r: &AppliedReplica) -> String {
+    match driving::slot_of(&r.slot) {
+        Some(slot) => driving::remote_dir(
+            root,
+            &driving::replica_key(app, env, service, r.index),
+            slot,
+        ),
+        None => format!("{root}/services/{}", r.container),
+    }
 }
 
 /// Upload compose.yml and .env of a replica; shared by replica deploys and pre-switch migrations.
@@ -1184,7 +1331,7 @@ fn replica_upload_steps(e: &Env<'_>, w: &Want) -> Vec<Step> {
         variables: &e.variables,
         scheduler: w.scheduler,
     });
-    let dir = replica_dir(e, &w.name);
+    let dir = replica_dir(e, w);
     let target = server_target(&w.server);
     let secrets = e.variables.iter().filter(|v| v.secret).count();
     vec![
@@ -1240,7 +1387,7 @@ fn replica_op(e: &Env<'_>, parent: &str, w: &Want, stop_previous: bool) -> Opera
         Some(w.server.clone()),
     );
     let target = server_target(&w.server);
-    let dir = replica_dir(e, &w.name);
+    let dir = replica_dir(e, w);
     r.steps.extend(replica_upload_steps(e, w));
     r.steps.extend(pull_step(e, &w.server));
     r.steps.push(script::run(
@@ -1263,7 +1410,10 @@ fn replica_op(e: &Env<'_>, parent: &str, w: &Want, stop_previous: bool) -> Opera
         r.steps.push(script::run(
             format!("stop previous {}", p.container),
             &server_target(&p.server),
-            script::compose_down_script(&replica_dir(e, &p.container), &project_of(p)),
+            script::compose_down_script(
+                &applied_dir(&e.root, &e.app.name, &e.env.name, &w.service, p),
+                &project_of(p),
+            ),
             None,
             Duration::from_secs(120),
             true,
@@ -1290,7 +1440,10 @@ fn removal_op(e: &Env<'_>, parent: &str, service: &str, r: &AppliedReplica) -> O
     o.steps.push(script::run(
         "stop and remove",
         &server_target(&r.server),
-        script::compose_down_script(&replica_dir(e, &r.container), &project_of(r)),
+        script::compose_down_script(
+            &applied_dir(&e.root, &e.app.name, &e.env.name, service, r),
+            &project_of(r),
+        ),
         None,
         Duration::from_secs(120),
         true,
@@ -1298,14 +1451,14 @@ fn removal_op(e: &Env<'_>, parent: &str, service: &str, r: &AppliedReplica) -> O
     o
 }
 
-fn pre_switch_migration(e: &Env<'_>, service: &str, first: &Want) -> Operation {
+fn pre_switch_migration(e: &Env<'_>, run: &driving::MigrationRun, first: &Want) -> Operation {
     let key = e.env.key();
-    let svc = &e.env.services[service];
+    let service = &run.service;
     let mut m = op(
         format!("{key}/service_deploy/{service}/migration"),
         OperationKind::Migration,
         format!(
-            "migration {service} (pre_switch, in a one-off container of the new image @{})",
+            "migration {service} (pre_switch, one-off container of the new image @{})",
             first.server
         ),
         Some(first.server.clone()),
@@ -1315,12 +1468,7 @@ fn pre_switch_migration(e: &Env<'_>, service: &str, first: &Want) -> Operation {
     m.steps.push(script::run(
         "migrate",
         &server_target(&first.server),
-        script::compose_run_script(
-            &replica_dir(e, &first.name),
-            &first.name,
-            service,
-            &driving::migration_argv(svc),
-        ),
+        driving::migration_script(run, &replica_dir(e, first), &first.name, service),
         None,
         MIGRATE,
         false,
@@ -1328,19 +1476,29 @@ fn pre_switch_migration(e: &Env<'_>, service: &str, first: &Want) -> Operation {
     m
 }
 
-fn post_switch_migration(e: &Env<'_>, service: &str, first: &Want) -> Operation {
+fn migrate_in(container: &str, run: &driving::MigrationRun) -> String {
+    script::exec_script(
+        container,
+        &["sh".to_string(), "-c".to_string(), run.command.clone()],
+    )
+}
+
+fn post_switch_migration(e: &Env<'_>, run: &driving::MigrationRun, first: &Want) -> Operation {
     let key = e.env.key();
-    let svc = &e.env.services[service];
+    let service = &run.service;
     let mut m = op(
         format!("{key}/migration/{service}"),
         OperationKind::Migration,
-        format!("migration {service} (post_switch, in {} @{})", first.name, first.server),
+        format!(
+            "migration {service} (post_switch, in {} @{})",
+            first.name, first.server
+        ),
         Some(first.server.clone()),
     );
     m.steps.push(script::run(
         "migrate",
         &server_target(&first.server),
-        script::exec_script(&first.name, &driving::migration_argv(svc)),
+        migrate_in(&first.name, run),
         None,
         MIGRATE,
         false,
@@ -1357,9 +1515,9 @@ fn plan_migrate_request(e: &Env<'_>, mut out: EnvironmentPlan) -> EnvironmentPla
         None,
     );
     for (name, svc) in &e.env.services {
-        if !driving::requested_migration_allowed(svc) {
+        let Some(run) = driving::migration(svc, MigrationContext::Request) else {
             continue;
-        }
+        };
         let running = e
             .applied
             .and_then(|a| a.services.get(name))
@@ -1375,7 +1533,7 @@ fn plan_migrate_request(e: &Env<'_>, mut out: EnvironmentPlan) -> EnvironmentPla
                 m.steps.push(script::run(
                     "migrate",
                     &server_target(&r.server),
-                    script::exec_script(&r.container, &driving::migration_argv(svc)),
+                    migrate_in(&r.container, &run),
                     None,
                     MIGRATE,
                     false,
@@ -1406,16 +1564,15 @@ fn plan_migrate_request(e: &Env<'_>, mut out: EnvironmentPlan) -> EnvironmentPla
         out.summary = blocked_summary(1);
         return out;
     }
-    out.summary = format!("{} migration{} (requested)", root.children.len(), plural(root.children.len()));
+    out.summary = format!(
+        "{} migration{} (requested)",
+        root.children.len(),
+        plural(root.children.len())
+    );
     out.status = EnvironmentStatus::Changed;
     out.operation = Some(root);
     out.applied_after = e.applied.cloned();
     out
-}
-
-/// `keystone_<app>_<env>`: the `@id` of the environment's route in Caddy.
-fn route_id(app: &str, env: &str) -> String {
-    format!("keystone_{app}_{env}").replace('-', "_")
 }
 
 fn upstream(e: &Env<'_>, server: &str, port: u16) -> String {
@@ -1428,14 +1585,15 @@ fn upstream(e: &Env<'_>, server: &str, port: u16) -> String {
     format!("{host}:{port}")
 }
 
-/// The route JSON: these domains to these upstreams. (interim: the caddy2 driver's route)
-fn route_json(id: &str, domains: &[String], upstreams: &[String], policy: &str) -> Vec<u8> {
+/// The route JSON: these domains to these upstreams, the reverse proxy named `id` so the
+/// drivers' `PATCH /id/<id>/upstreams` reaches it; `first` selection (new upstreams first).
+fn route_json(id: &str, domains: &[String], upstreams: &[String]) -> Vec<u8> {
     let v = serde_json::json!({
-        "@id": id,
         "match": [{"host": domains}],
         "handle": [{
             "handler": "reverse_proxy",
-            "load_balancing": {"selection_policy": {"policy": policy}},
+            "@id": id,
+            "load_balancing": {"selection_policy": {"policy": "first"}},
             "upstreams": upstreams.iter().map(|u| serde_json::json!({"dial": u})).collect::<Vec<_>>(),
         }],
         "terminal": true,
@@ -1457,16 +1615,23 @@ fn cutover_op(
     let svc = e.model.services.get(gateway);
     let admin = format!(
         "http://127.0.0.1:{}",
-        svc.and_then(|s| s.admin_port).unwrap_or(2019)
+        svc.and_then(drivers::caddy2::admin_port_of)
+            .unwrap_or(drivers::caddy2::DEFAULT_ADMIN_PORT)
     );
-    let id = route_id(&e.app.name, &e.env.name);
+    let id = drivers::caddy2::route_id(&e.app.name, &e.env.name, target);
     let routes_path = format!("/config/apps/http/servers/{CADDY_SERVER}/routes");
     let new: Vec<&Want> = list.iter().filter(|w| w.action != Action::Keep).collect();
     let kept: Vec<&Want> = list.iter().filter(|w| w.action == Action::Keep).collect();
     let replaced: Vec<&AppliedReplica> = new.iter().filter_map(|w| w.previous.as_ref()).collect();
     let old: Vec<&AppliedReplica> = replaced.iter().copied().chain(gone.iter()).collect();
-    let addr_new: Vec<String> = new.iter().map(|w| upstream(e, &w.server, w.host_port)).collect();
-    let addr_kept: Vec<String> = kept.iter().map(|w| upstream(e, &w.server, w.host_port)).collect();
+    let addr_new: Vec<String> = new
+        .iter()
+        .map(|w| upstream(e, &w.server, w.host_port))
+        .collect();
+    let addr_kept: Vec<String> = kept
+        .iter()
+        .map(|w| upstream(e, &w.server, w.host_port))
+        .collect();
     let addr_old: Vec<String> = old
         .iter()
         .map(|r| upstream(e, &r.server, r.host_port.unwrap_or_default()))
@@ -1500,7 +1665,10 @@ fn cutover_op(
         None,
     );
     let health = &e.env.services.get(target).map(|s| s.health.clone());
-    let health_path = health.as_ref().map(|h| h.path.clone()).unwrap_or_else(|| "/".into());
+    let health_path = health
+        .as_ref()
+        .map(|h| h.path.clone())
+        .unwrap_or_else(|| "/".into());
     let health_timeout = health.as_ref().map(|h| h.timeout).unwrap_or(SHORT);
     let gateway_servers = svc.map(|s| s.servers.clone()).unwrap_or_default();
     let final_upstreams: Vec<String> = addr_new.iter().chain(addr_kept.iter()).cloned().collect();
@@ -1516,16 +1684,29 @@ fn cutover_op(
                 true,
             ));
         }
+        let all: Vec<String> = final_upstreams
+            .iter()
+            .chain(addr_old.iter())
+            .cloned()
+            .collect();
+        c.steps.push(script::run(
+            format!("ensure route {id} on {g}"),
+            &t,
+            script::caddy_create_route_script(&admin, &id, &routes_path),
+            Some(payload(
+                route_json(&id, domains, &all),
+                format!("route {id} ({})", domains.join(", ")),
+            )),
+            SHORT,
+            true,
+        ));
+        let Some(gw) = svc else { continue };
         if !addr_old.is_empty() {
-            let all: Vec<String> = final_upstreams.iter().chain(addr_old.iter()).cloned().collect();
             c.steps.push(script::run(
                 format!("add upstreams on {g}"),
                 &t,
-                script::caddy_ensure_route_script(&admin, &id, &routes_path),
-                Some(payload(
-                    route_json(&id, domains, &all, "first"),
-                    format!("route {id}: new upstreams first, old last"),
-                )),
+                drivers::caddy2::set_upstreams_script(gw, &id, &all),
+                None,
                 SHORT,
                 true,
             ));
@@ -1540,16 +1721,13 @@ fn cutover_op(
         }
         c.steps.push(script::run(
             if addr_old.is_empty() {
-                format!("route {} on {g}", domains.join(", "))
+                format!("set upstreams on {g}")
             } else {
                 format!("remove old upstreams on {g}")
             },
             &t,
-            script::caddy_ensure_route_script(&admin, &id, &routes_path),
-            Some(payload(
-                route_json(&id, domains, &final_upstreams, "round_robin"),
-                format!("route {id}: {} upstream{}", final_upstreams.len(), plural(final_upstreams.len())),
-            )),
+            drivers::caddy2::set_upstreams_script(gw, &id, &final_upstreams),
+            None,
             SHORT,
             true,
         ));
@@ -1558,14 +1736,22 @@ fn cutover_op(
         c.steps.push(script::run(
             format!("stop old {}", p.container),
             &server_target(&p.server),
-            script::compose_down_script(&replica_dir(e, &p.container), &project_of(p)),
+            script::compose_down_script(
+                &applied_dir(&e.root, &e.app.name, &e.env.name, target, p),
+                &project_of(p),
+            ),
             None,
             Duration::from_secs(120),
             true,
         ));
     }
     for r in gone {
-        c.children.push(removal_op(e, &format!("{}/replica_removal", c.id), target, r));
+        c.children.push(removal_op(
+            e,
+            &format!("{}/replica_removal", c.id),
+            target,
+            r,
+        ));
     }
     c
 }
@@ -1588,7 +1774,11 @@ fn plan_removal(
     for (svc, s) in &a.services {
         out.changes.push(Change::removed(
             format!("service {svc}"),
-            format!("({} replica{} stopped)", s.replicas.len(), plural(s.replicas.len())),
+            format!(
+                "({} replica{} stopped)",
+                s.replicas.len(),
+                plural(s.replicas.len())
+            ),
         ));
         let mut sop = op(
             format!("{key}/service_removal/{svc}"),
@@ -1606,7 +1796,10 @@ fn plan_removal(
             o.steps.push(script::run(
                 "stop and remove",
                 &server_target(&r.server),
-                script::compose_down_script(&format!("{root_dir}/services/{}", r.container), &project_of(r)),
+                script::compose_down_script(
+                    &applied_dir(&root_dir, &out.app, &out.env, svc, r),
+                    &project_of(r),
+                ),
                 None,
                 Duration::from_secs(120),
                 true,

@@ -261,7 +261,16 @@ impl Plan {
 pub fn plan(desired: Desired<'_>, applied: &Applied, ctx: &PlanContext) -> Plan {
     let model = desired.model;
     let services = shared::plan_services(model, applied, ctx);
-    let (valkey, exhausted) = driving::valkey_indexes(model, applied);
+    let (valkey, mut alloc_blockers) = driving::valkey_indexes(model, applied);
+    let (ports, port_blockers) = driving::host_ports(model, applied);
+    for (k, v) in port_blockers {
+        alloc_blockers.entry(k).or_default().extend(v);
+    }
+    let alloc = environment::Allocations {
+        valkey,
+        ports,
+        blockers: alloc_blockers,
+    };
     let mut environments = Vec::new();
 
     // Every environment the config names (valid or not), every one that was deployed.
@@ -295,7 +304,7 @@ pub fn plan(desired: Desired<'_>, applied: &Applied, ctx: &PlanContext) -> Plan 
             .map(|d| d.finding.clone())
             .collect();
         environments.push(environment::plan_environment(
-            model, applied, ctx, &valkey, &exhausted, &app, &env, blockers,
+            model, applied, ctx, &alloc, &app, &env, blockers,
         ));
     }
 

@@ -30,7 +30,10 @@ fn part_marker(pr: u64, part: usize) -> String {
 
 /// Parse a marker line back into `(pr, part)`; part 1 is the main comment.
 pub fn parse_marker(line: &str) -> Option<(u64, usize)> {
-    let rest = line.trim().strip_prefix("<!-- keystone-plan: pr=")?.strip_suffix(" -->")?;
+    let rest = line
+        .trim()
+        .strip_prefix("<!-- keystone-plan: pr=")?
+        .strip_suffix(" -->")?;
     match rest.split_once(" part=") {
         Some((pr, part)) => Some((pr.parse().ok()?, part.parse().ok()?)),
         None => Some((rest.parse().ok()?, 1)),
@@ -50,7 +53,12 @@ fn draw_children(op: &Operation, prefix: &str, out: &mut String) {
     let n = op.children.len();
     for (i, c) in op.children.iter().enumerate() {
         let last = i + 1 == n;
-        let _ = writeln!(out, "{prefix}{}{}", if last { "└─ " } else { "├─ " }, c.title);
+        let _ = writeln!(
+            out,
+            "{prefix}{}{}",
+            if last { "└─ " } else { "├─ " },
+            c.title
+        );
         let next = format!("{prefix}{}", if last { "   " } else { "│  " });
         draw_children(c, &next, out);
     }
@@ -99,8 +107,28 @@ pub fn text(plan: &Plan, colour: bool) -> String {
     let sections = plan
         .services
         .iter()
-        .map(|s| (format!("service {}", s.service), s.status, &s.summary, &s.changes, &s.operation, &s.blockers, &s.warnings))
-        .chain(plan.environments.iter().map(|e| (e.key(), e.status, &e.summary, &e.changes, &e.operation, &e.blockers, &e.warnings)));
+        .map(|s| {
+            (
+                format!("service {}", s.service),
+                s.status,
+                &s.summary,
+                &s.changes,
+                &s.operation,
+                &s.blockers,
+                &s.warnings,
+            )
+        })
+        .chain(plan.environments.iter().map(|e| {
+            (
+                e.key(),
+                e.status,
+                &e.summary,
+                &e.changes,
+                &e.operation,
+                &e.blockers,
+                &e.warnings,
+            )
+        }));
     for (name, status, summary, changes, op, blockers, warnings) in sections {
         let _ = writeln!(out);
         let code = match status {
@@ -166,22 +194,45 @@ pub fn markdown(plan: &Plan, pr: u64) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}", pr_marker(pr));
     let head = match &plan.base_commit {
-        Some(b) => format!("### Keystone plan for `{}` → `{}`", short_commit(b), short_commit(&plan.config_commit)),
-        None => format!("### Keystone plan for `{}`", short_commit(&plan.config_commit)),
+        Some(b) => format!(
+            "### Keystone plan for `{}` → `{}`",
+            short_commit(b),
+            short_commit(&plan.config_commit)
+        ),
+        None => format!(
+            "### Keystone plan for `{}`",
+            short_commit(&plan.config_commit)
+        ),
     };
     let _ = writeln!(out, "{head}");
 
-    let changed_services: Vec<_> = plan.services.iter().filter(|s| s.status != EnvironmentStatus::Unchanged).collect();
-    let changed: Vec<_> = plan.environments.iter().filter(|e| e.status != EnvironmentStatus::Unchanged).collect();
+    let changed_services: Vec<_> = plan
+        .services
+        .iter()
+        .filter(|s| s.status != EnvironmentStatus::Unchanged)
+        .collect();
+    let changed: Vec<_> = plan
+        .environments
+        .iter()
+        .filter(|e| e.status != EnvironmentStatus::Unchanged)
+        .collect();
     let unchanged = plan.environments.len() - changed.len();
     let mut summary: Vec<String> = changed_services
         .iter()
         .map(|s| format!("**service {}**: {}", s.service, s.summary))
-        .chain(changed.iter().map(|e| format!("**{}**: {}", e.key(), e.summary)))
+        .chain(
+            changed
+                .iter()
+                .map(|e| format!("**{}**: {}", e.key(), e.summary)),
+        )
         .collect();
     if unchanged > 0 {
         if plan.environments.len() <= 3 {
-            for e in plan.environments.iter().filter(|e| e.status == EnvironmentStatus::Unchanged) {
+            for e in plan
+                .environments
+                .iter()
+                .filter(|e| e.status == EnvironmentStatus::Unchanged)
+            {
                 summary.push(format!("**{}**: no changes", e.key()));
             }
         } else {
@@ -198,12 +249,27 @@ pub fn markdown(plan: &Plan, pr: u64) -> String {
 
     let sections = changed_services
         .iter()
-        .map(|s| (format!("service {}", s.service), &s.changes, &s.operation, &s.blockers))
-        .chain(changed.iter().map(|e| (e.key(), &e.changes, &e.operation, &e.blockers)));
+        .map(|s| {
+            (
+                format!("service {}", s.service),
+                &s.changes,
+                &s.operation,
+                &s.blockers,
+            )
+        })
+        .chain(
+            changed
+                .iter()
+                .map(|e| (e.key(), &e.changes, &e.operation, &e.blockers)),
+        );
     for (name, changes, op, blockers) in sections {
         let ops = op.as_ref().map(count_ops).unwrap_or(0);
         let what = if !blockers.is_empty() {
-            format!("blocked, {} blocker{}", blockers.len(), if blockers.len() == 1 { "" } else { "s" })
+            format!(
+                "blocked, {} blocker{}",
+                blockers.len(),
+                if blockers.len() == 1 { "" } else { "s" }
+            )
         } else {
             format!("{ops} operation{}", if ops == 1 { "" } else { "s" })
         };
@@ -213,9 +279,10 @@ pub fn markdown(plan: &Plan, pr: u64) -> String {
             for c in changes.iter() {
                 let _ = writeln!(out, "{}", fence_safe(&c.line()));
             }
-            out.push_str("```\n\n");
+            out.push_str("```\n");
         }
         if let Some(op) = op {
+            out.push('\n');
             out.push_str("```\n");
             out.push_str(&fence_safe(&tree(op)));
             out.push_str("```\n");
@@ -231,13 +298,21 @@ pub fn markdown(plan: &Plan, pr: u64) -> String {
         .environments
         .iter()
         .flat_map(|e| e.blockers.iter().map(move |f| (e.key(), f)))
-        .chain(plan.services.iter().flat_map(|s| s.blockers.iter().map(move |f| (s.service.clone(), f))))
+        .chain(
+            plan.services
+                .iter()
+                .flat_map(|s| s.blockers.iter().map(move |f| (s.service.clone(), f))),
+        )
         .collect();
     let warnings: Vec<(String, &Finding)> = plan
         .environments
         .iter()
         .flat_map(|e| e.warnings.iter().map(move |f| (e.key(), f)))
-        .chain(plan.services.iter().flat_map(|s| s.warnings.iter().map(move |f| (s.service.clone(), f))))
+        .chain(
+            plan.services
+                .iter()
+                .flat_map(|s| s.warnings.iter().map(move |f| (s.service.clone(), f))),
+        )
         .collect();
     out.push('\n');
     let b = match blockers.len() {
@@ -307,9 +382,17 @@ pub fn split_comment(comment: &str, pr: u64, limit: usize) -> Vec<String> {
         .enumerate()
         .map(|(i, p)| {
             if i == 0 {
-                format!("{p}\n_(continued in {} more comment{})_\n", n - 1, if n == 2 { "" } else { "s" })
+                format!(
+                    "{p}\n_(continued in {} more comment{})_\n",
+                    n - 1,
+                    if n == 2 { "" } else { "s" }
+                )
             } else {
-                format!("{}\n_(part {} of {n})_\n\n{p}", part_marker(pr, i + 1), i + 1)
+                format!(
+                    "{}\n_(part {} of {n})_\n\n{p}",
+                    part_marker(pr, i + 1),
+                    i + 1
+                )
             }
         })
         .collect()
@@ -343,7 +426,11 @@ fn cut_block(block: &str, budget: usize) -> Vec<String> {
         }
         let t = line.trim_end();
         if t.starts_with("```") {
-            fence = if fence.is_some() { None } else { Some(line.to_string()) };
+            fence = if fence.is_some() {
+                None
+            } else {
+                Some(line.to_string())
+            };
         } else if t.starts_with("<details>") {
             details = true;
         } else if t.starts_with("</details>") {
@@ -373,7 +460,9 @@ mod tests {
     fn split_keeps_fences_balanced_and_parts_under_the_limit() {
         let mut c = format!("{}\n### Keystone plan\nsummary\n", pr_marker(7));
         for i in 0..40 {
-            c.push_str(&format!("\n<details><summary>app/env{i}</summary>\n\n```diff\n"));
+            c.push_str(&format!(
+                "\n<details><summary>app/env{i}</summary>\n\n```diff\n"
+            ));
             for j in 0..200 {
                 c.push_str(&format!("+ replica web#{j} on web-{j}\n"));
             }
@@ -384,8 +473,16 @@ mod tests {
         assert!(parts.len() >= 4, "{}", parts.len());
         for (i, p) in parts.iter().enumerate() {
             assert!(p.chars().count() <= MARKDOWN_LIMIT, "part {i}: {}", p.len());
-            assert_eq!(p.matches("```").count() % 2, 0, "part {i} has an open fence");
-            assert_eq!(p.matches("<details>").count(), p.matches("</details>").count(), "part {i}");
+            assert_eq!(
+                p.matches("```").count() % 2,
+                0,
+                "part {i} has an open fence"
+            );
+            assert_eq!(
+                p.matches("<details>").count(),
+                p.matches("</details>").count(),
+                "part {i}"
+            );
             let first = p.lines().next().unwrap();
             assert_eq!(parse_marker(first), Some((7, i + 1)), "part {i}");
         }
@@ -396,7 +493,10 @@ mod tests {
 
     #[test]
     fn one_giant_section_is_cut_inside_with_fences_reopened() {
-        let mut c = format!("{}\nhead\n\n<details><summary>x</summary>\n\n```diff\n", pr_marker(1));
+        let mut c = format!(
+            "{}\nhead\n\n<details><summary>x</summary>\n\n```diff\n",
+            pr_marker(1)
+        );
         for j in 0..5000 {
             c.push_str(&format!("+ line {j} {}\n", "x".repeat(20)));
         }
@@ -406,7 +506,10 @@ mod tests {
         for p in &parts {
             assert!(p.chars().count() <= 65_000);
             assert_eq!(p.matches("```").count() % 2, 0);
-            assert_eq!(p.matches("<details>").count(), p.matches("</details>").count());
+            assert_eq!(
+                p.matches("<details>").count(),
+                p.matches("</details>").count()
+            );
         }
     }
 }

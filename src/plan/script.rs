@@ -163,7 +163,9 @@ pub fn build_script(b: &BuildSpec) -> String {
             s.push_str(
                 "digest=$(sed -n 's/.*digest: \\(sha256:[0-9a-f]\\{64\\}\\).*/\\1/p' \"$op_dir/push.log\" | tail -n 1)\n",
             );
-            s.push_str("[ -n \"$digest\" ] || { echo \"docker push printed no digest\" >&2; exit 1; }\n");
+            s.push_str(
+                "[ -n \"$digest\" ] || { echo \"docker push printed no digest\" >&2; exit 1; }\n",
+            );
             s.push_str("printf '%s\\n' \"$digest\"\n");
         }
         None => {
@@ -267,26 +269,16 @@ pub fn exec_script(container: &str, argv: &[String]) -> String {
     format!("set -eu\ndocker exec {} {}\n", quote(container), join(argv))
 }
 
-/// `curl` to the Caddy admin API on the gateway host with a JSON body from stdin.
-pub fn caddy_send_script(admin: &str, method: &str, path: &str) -> String {
-    format!(
-        "set -eu\ncurl --silent --show-error --fail-with-body --request {} --header 'Content-Type: application/json' --data-binary @- {}\n",
-        quote(method),
-        quote(&format!("{admin}{path}")),
-    )
-}
-
-/// Create the route if the gateway does not have it yet (`GET /id/<id>` fails), else replace
-/// its upstreams. Body on stdin is the route; `upstreams_path` receives its upstream list.
-pub fn caddy_ensure_route_script(admin: &str, route_id: &str, routes_path: &str) -> String {
+/// Create the route (JSON on stdin) unless the gateway already has an object with `@id`
+/// `route_id`; idempotent.
+pub fn caddy_create_route_script(admin: &str, route_id: &str, routes_path: &str) -> String {
     format!(
         r#"set -eu
 admin={admin}
-body=$(cat)
 if curl --silent --fail --output /dev/null "$admin/id/"{id}; then
-  printf '%s' "$body" | curl --silent --show-error --fail-with-body --request PATCH --header 'Content-Type: application/json' --data-binary @- "$admin/id/"{id}
+  echo "route "{id}" exists"
 else
-  printf '%s' "$body" | curl --silent --show-error --fail-with-body --request POST --header 'Content-Type: application/json' --data-binary @- "$admin"{routes}
+  curl --silent --show-error --fail-with-body --request POST --header 'Content-Type: application/json' --data-binary @- "$admin"{routes}
 fi
 "#,
         admin = quote(admin),
@@ -368,7 +360,9 @@ mod tests {
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(lines[1], "op_dir='/home/ks/operations/o p'\\''1'");
         assert_eq!(lines[2], "trap 'rm -rf -- \"$op_dir\"' EXIT");
-        assert!(s.contains("git clone --quiet -- 'ssh://git@10.77.0.1:2222/srv/git/$(reboot).git' "));
+        assert!(
+            s.contains("git clone --quiet -- 'ssh://git@10.77.0.1:2222/srv/git/$(reboot).git' ")
+        );
         assert!(s.contains("revision='main; rm -rf /'\n"));
         assert!(s.contains("docker push \"$image:$commit\""));
         assert!(!s.contains("{{secret:"), "secrets travel on stdin only");
@@ -392,7 +386,10 @@ mod tests {
         let mut b = hostile_build();
         b.op_dir = "/tmp/a b'$(id)".into();
         let s = build_script(&b);
-        let line = s.lines().find(|l| l.starts_with("export GIT_SSH_COMMAND=")).unwrap();
+        let line = s
+            .lines()
+            .find(|l| l.starts_with("export GIT_SSH_COMMAND="))
+            .unwrap();
         let out = Command::new("sh")
             .arg("-c")
             .arg(format!("{line}\nprintf '%s' \"$GIT_SSH_COMMAND\""))
@@ -423,8 +420,17 @@ mod tests {
         sh_syntax_ok(&wait_healthy_script("c'$(id)", t));
         sh_syntax_ok(&volume_check_script("keystone_service_x_data"));
         sh_syntax_ok(&volume_same_script("v", "{{volume:x}}"));
-        sh_syntax_ok(&compose_run_script("/d", "p", "web", &["php".into(), "a b".into()]));
-        sh_syntax_ok(&caddy_ensure_route_script("http://127.0.0.1:2019", "a'b", "/config/x"));
+        sh_syntax_ok(&compose_run_script(
+            "/d",
+            "p",
+            "web",
+            &["php".into(), "a b".into()],
+        ));
+        sh_syntax_ok(&caddy_create_route_script(
+            "http://127.0.0.1:2019",
+            "a'b",
+            "/config/x",
+        ));
         sh_syntax_ok(&caddy_drain_script(
             "http://127.0.0.1:2019",
             &["10.0.0.1:1".into(), "x'y".into()],
@@ -445,11 +451,7 @@ mod tests {
         // Run the drain loop's check against canned admin answers through a fake curl.
         let dir = tempfile::tempdir().unwrap();
         let curl = dir.path().join("curl");
-        std::fs::write(
-            &curl,
-            "#!/bin/sh\ncat \"$FAKE_UPSTREAMS\"\n",
-        )
-        .unwrap();
+        std::fs::write(&curl, "#!/bin/sh\ncat \"$FAKE_UPSTREAMS\"\n").unwrap();
         std::fs::set_permissions(&curl, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let answers = dir.path().join("answers.json");
@@ -472,9 +474,14 @@ mod tests {
                 String::from_utf8(out.stderr).unwrap(),
             )
         };
-        let (out, _) = run(r#"[{"address":"10.0.0.3:8081","num_requests":4,"fails":0},{"address":"10.0.0.1:8081","num_requests":0,"fails":0}]"#);
+        let (out, _) = run(
+            r#"[{"address":"10.0.0.3:8081","num_requests":4,"fails":0},{"address":"10.0.0.1:8081","num_requests":0,"fails":0}]"#,
+        );
         assert_eq!(out, "drained after 0s\n");
         let (_, err) = run(r#"[{"address":"10.0.0.2:8081","num_requests":2,"fails":0}]"#);
-        assert_eq!(err, "drain timeout after 0s, still in flight: 10.0.0.2:8081\n");
+        assert_eq!(
+            err,
+            "drain timeout after 0s, still in flight: 10.0.0.2:8081\n"
+        );
     }
 }

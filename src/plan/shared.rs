@@ -48,7 +48,11 @@ fn split_tag(image: &str) -> Option<(&str, &str)> {
     }
 }
 
-pub(super) fn plan_services(model: &Model, applied: &Applied, ctx: &PlanContext) -> Vec<ServicePlan> {
+pub(super) fn plan_services(
+    model: &Model,
+    applied: &Applied,
+    ctx: &PlanContext,
+) -> Vec<ServicePlan> {
     let mut out = Vec::new();
     let root = model.project.remote_root.trim_end_matches('/');
     for (name, s) in &model.services {
@@ -68,7 +72,8 @@ pub(super) fn plan_services(model: &Model, applied: &Applied, ctx: &PlanContext)
         let servers_before: Vec<&str> = before
             .map(|b| b.replicas.iter().map(|r| r.server.as_str()).collect())
             .unwrap_or_default();
-        let same_servers = servers_before == s.servers.iter().map(String::as_str).collect::<Vec<_>>();
+        let same_servers =
+            servers_before == s.servers.iter().map(String::as_str).collect::<Vec<_>>();
         if before.is_some_and(|b| b.image == image && same_servers) {
             out.push(plan);
             continue;
@@ -90,7 +95,11 @@ pub(super) fn plan_services(model: &Model, applied: &Applied, ctx: &PlanContext)
             )),
             Some(b) => {
                 if b.image != image {
-                    plan.changes.push(Change::changed(format!("services.{name}.image"), b.image.clone(), image.clone()));
+                    plan.changes.push(Change::changed(
+                        format!("services.{name}.image"),
+                        b.image.clone(),
+                        image.clone(),
+                    ));
                 }
                 if !same_servers {
                     plan.changes.push(Change::changed(
@@ -148,7 +157,11 @@ pub(super) fn plan_services(model: &Model, applied: &Applied, ctx: &PlanContext)
             r.steps.push(script::run(
                 "pull image by digest",
                 &t,
-                script::pull_script(&pinned, None, &format!("{root}/operations/{}-{name}", ctx.operation_prefix)),
+                script::pull_script(
+                    &pinned,
+                    None,
+                    &format!("{root}/operations/{}-{name}", ctx.operation_prefix),
+                ),
                 None,
                 Duration::from_secs(600),
                 true,
@@ -180,7 +193,10 @@ pub(super) fn plan_services(model: &Model, applied: &Applied, ctx: &PlanContext)
                 r.steps.push(script::run(
                     "create named volume",
                     &t,
-                    format!("set -eu\ndocker volume create {} >/dev/null\n", crate::shell::quote(&volume)),
+                    format!(
+                        "set -eu\ndocker volume create {} >/dev/null\n",
+                        crate::shell::quote(&volume)
+                    ),
                     None,
                     SHORT,
                     true,
@@ -191,7 +207,10 @@ pub(super) fn plan_services(model: &Model, applied: &Applied, ctx: &PlanContext)
                 &t,
                 format!("{dir}/compose.yml"),
                 0o644,
-                payload(shared_compose(s, &container, &pinned, &volume).into_bytes(), "compose.yml"),
+                payload(
+                    shared_compose(s, &container, &pinned, &volume).into_bytes(),
+                    "compose.yml",
+                ),
             ));
             r.steps.push(script::run(
                 "start",
@@ -213,7 +232,10 @@ pub(super) fn plan_services(model: &Model, applied: &Applied, ctx: &PlanContext)
                 r.steps.push(script::run(
                     "verify same volume",
                     &t,
-                    script::volume_same_script(&volume, &Placeholder::token(&format!("volume:{name}"))),
+                    script::volume_same_script(
+                        &volume,
+                        &Placeholder::token(&format!("volume:{name}")),
+                    ),
                     None,
                     SHORT,
                     true,
@@ -249,14 +271,20 @@ pub(super) fn plan_services(model: &Model, applied: &Applied, ctx: &PlanContext)
             service: name.clone(),
             status: EnvironmentStatus::Removed,
             summary: "removed from the config: container stopped, volumes kept".into(),
-            changes: vec![Change::removed(format!("service {name}"), format!("({})", b.driver))],
+            changes: vec![Change::removed(
+                format!("service {name}"),
+                format!("({})", b.driver),
+            )],
             operation: None,
             blockers: Vec::new(),
             warnings: Vec::new(),
             applied_after: None,
         };
         for v in &b.volumes {
-            plan.changes.push(Change::unchanged(format!("volume {v}"), "kept (a plan never deletes a volume)"));
+            plan.changes.push(Change::unchanged(
+                format!("volume {v}"),
+                "kept (a plan never deletes a volume)",
+            ));
         }
         let mut root_op = Operation {
             id: format!("service/{name}"),
@@ -271,7 +299,10 @@ pub(super) fn plan_services(model: &Model, applied: &Applied, ctx: &PlanContext)
             root_op.steps.push(script::run(
                 format!("stop and remove {}", r.container),
                 &Target::Server(r.server.clone()),
-                script::compose_down_script(&format!("{root}/services/{name}"), &format!("keystone-{name}")),
+                script::compose_down_script(
+                    &format!("{root}/services/{name}"),
+                    &format!("keystone-{name}"),
+                ),
                 None,
                 Duration::from_secs(120),
                 true,
