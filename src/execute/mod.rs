@@ -10,6 +10,7 @@ pub mod orchestrator;
 pub mod output;
 pub mod placeholders;
 pub mod registry;
+pub mod ssh;
 mod stdio;
 pub mod transport;
 
@@ -19,4 +20,5 @@ pub use orchestrator::{ExecuteOptions, Executor, OperationReport, Report, Shutdo
 pub use output::{CappedText, Output, Redactor, Stream};
 pub use placeholders::{NoValues, Values};
 pub use registry::DigestResolver;
+pub use ssh::{SshSettings, SshTransport, Transports};
 pub use transport::{BoxFuture, Transport, TransportError};
