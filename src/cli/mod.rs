@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod secrets;
 mod status;
 
 #[derive(Parser)]
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Print the status branch: every environment's sync, health and last operation.
     Status(status::Args),
+    /// SOPS/age secret files: decrypt, encrypt, set, edit (compatible with `sops`).
+    Secrets(secrets::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -43,6 +46,7 @@ pub fn main() -> ExitCode {
     init_tracing(&cli.log);
     let result: anyhow::Result<ExitCode> = match cli.command {
         Command::Status(args) => status::run(args),
+        Command::Secrets(args) => secrets::run(args),
     };
     match result {
         Ok(code) => code,

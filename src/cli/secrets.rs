@@ -228,7 +228,11 @@ fn edit(args: &Args, file: &Path) -> Result<ExitCode, Failure> {
         .status()
         .with_context(|| format!("cannot run the editor `{editor}`"))?;
     if !status.success() {
-        return Err(anyhow::anyhow!("the editor `{editor}` failed ({status}); {} is unchanged", file.display()).into());
+        return Err(anyhow::anyhow!(
+            "the editor `{editor}` failed ({status}); {} is unchanged",
+            file.display()
+        )
+        .into());
     }
     let edited = std::fs::read(&tmp).with_context(|| format!("cannot read {}", tmp.display()))?;
     if edited == plain {
@@ -281,8 +285,12 @@ fn project_recipients(file: &Path) -> anyhow::Result<Vec<String>> {
         }
         let text = std::fs::read_to_string(&candidate)
             .with_context(|| format!("cannot read {}", candidate.display()))?;
-        let project: Project = serde_saphyr::from_str(&text)
-            .with_context(|| format!("{}: cannot read secrets.age_recipients", candidate.display()))?;
+        let project: Project = serde_saphyr::from_str(&text).with_context(|| {
+            format!(
+                "{}: cannot read secrets.age_recipients",
+                candidate.display()
+            )
+        })?;
         let recipients = project.secrets.unwrap_or_default().age_recipients;
         if recipients.is_empty() {
             anyhow::bail!(

@@ -111,8 +111,12 @@ pub fn decrypt(value: &str, key: &[u8; DATA_KEY_LEN], aad: &str) -> Result<Plain
     Ok(match p.kind.as_str() {
         "str" => Plain::Scalar(Scalar::Str(text()?)),
         "int" => Plain::Scalar(Scalar::Int(text()?.parse().map_err(|_| bad("int"))?)),
-        "float" => Plain::Scalar(Scalar::Float(parse_go_float(&text()?).ok_or_else(|| bad("float"))?)),
-        "bool" => Plain::Scalar(Scalar::Bool(parse_go_bool(&text()?).ok_or_else(|| bad("bool"))?)),
+        "float" => Plain::Scalar(Scalar::Float(
+            parse_go_float(&text()?).ok_or_else(|| bad("float"))?,
+        )),
+        "bool" => Plain::Scalar(Scalar::Bool(
+            parse_go_bool(&text()?).ok_or_else(|| bad("bool"))?,
+        )),
         "time" => Plain::Scalar(Scalar::Time(text()?)),
         "bytes" => Plain::Scalar(Scalar::Bytes(plain.clone())),
         "comment" => Plain::Comment(text()?),
@@ -197,8 +201,14 @@ mod tests {
             decrypt(&enc, &key, "db:port:"),
             Ok(Plain::Scalar(Scalar::Int(5432)))
         );
-        assert_eq!(decrypt(&enc, &key, "db:other:"), Err(CipherError::Authentication));
+        assert_eq!(
+            decrypt(&enc, &key, "db:other:"),
+            Err(CipherError::Authentication)
+        );
         let iv = iv_of(&enc).unwrap();
-        assert_eq!(encrypt_scalar(&Scalar::Int(5432), &key, "db:port:", Some(&iv)), enc);
+        assert_eq!(
+            encrypt_scalar(&Scalar::Int(5432), &key, "db:port:", Some(&iv)),
+            enc
+        );
     }
 }

@@ -150,12 +150,10 @@ fn take_metadata(docs: &mut [Node], format: Format) -> Option<Node> {
             && let Some(i) = entries
                 .iter()
                 .position(|e| matches!(e, Entry::Pair(k, _) if k == "sops"))
+            && let Entry::Pair(_, meta) = entries.remove(i)
+            && found.is_none()
         {
-            if let Entry::Pair(_, meta) = entries.remove(i)
-                && found.is_none()
-            {
-                found = Some(meta);
-            }
+            found = Some(meta);
         }
     }
     found
@@ -176,7 +174,11 @@ fn metadata_of(name: &str, node: &Node) -> Result<Metadata, SecretsError> {
 
 /// The key paths of a sops file, read without decrypting (keys are plaintext in sops files).
 /// List indexes appear as numbers; the `sops` block is excluded.
-pub fn key_paths(name: &str, bytes: &[u8], format: Format) -> Result<Vec<Vec<String>>, SecretsError> {
+pub fn key_paths(
+    name: &str,
+    bytes: &[u8],
+    format: Format,
+) -> Result<Vec<Vec<String>>, SecretsError> {
     let mut docs = parse_tree(name, bytes, format)?;
     take_metadata(&mut docs, format);
     Ok(docs.first().map(Node::leaf_paths).unwrap_or_default())
@@ -191,9 +193,8 @@ pub fn decrypt_file(
     identities: &Identities,
 ) -> Result<Document, SecretsError> {
     let mut docs = parse_tree(name, bytes, format)?;
-    let meta_node = take_metadata(&mut docs, format).ok_or_else(|| SecretsError::NotEncrypted {
-        file: name.into(),
-    })?;
+    let meta_node = take_metadata(&mut docs, format)
+        .ok_or_else(|| SecretsError::NotEncrypted { file: name.into() })?;
     let meta = metadata_of(name, &meta_node)?;
     if meta.age.is_empty() {
         return Err(SecretsError::Unsupported {
@@ -409,9 +410,9 @@ impl EncryptWalk<'_> {
                     .collect(),
             ),
             Node::List(items) => Node::List(items.iter().map(|i| self.encrypt(i, path)).collect()),
-            Node::Comment(c) if self.selector.encrypts(path, Some(c)) => {
-                Node::Scalar(Scalar::Str(self.seal(c.clone().into_bytes(), "comment", path)))
-            }
+            Node::Comment(c) if self.selector.encrypts(path, Some(c)) => Node::Scalar(Scalar::Str(
+                self.seal(c.clone().into_bytes(), "comment", path),
+            )),
             Node::Comment(c) => Node::Comment(c.clone()),
             Node::Scalar(s) => {
                 let encrypted = self.selector.encrypts(path, None);
@@ -680,7 +681,13 @@ impl Document {
         let mac = hex::encode_upper(walk.hash.finalize());
         let mut meta = self.meta.clone();
         meta.lastmodified = now_rfc3339();
-        meta.mac = cipher::encrypt(mac.as_bytes(), "str", &self.data_key, &meta.lastmodified, None);
+        meta.mac = cipher::encrypt(
+            mac.as_bytes(),
+            "str",
+            &self.data_key,
+            &meta.lastmodified,
+            None,
+        );
         meta.version = SOPS_VERSION.into();
         self.emit(&out, Some(meta.to_node()))
     }

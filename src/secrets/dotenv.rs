@@ -15,7 +15,10 @@ pub fn parse(text: &str) -> Result<Node, (usize, String)> {
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
-            return Err((n + 1, format!("invalid dotenv line `{line}`: expected KEY=value")));
+            return Err((
+                n + 1,
+                format!("invalid dotenv line `{line}`: expected KEY=value"),
+            ));
         };
         entries.push(Entry::Pair(
             key.to_string(),
@@ -106,7 +109,10 @@ pub fn flatten_metadata(meta: &Node) -> Vec<Entry> {
                         if let Node::Map(fields) = item {
                             for f in fields {
                                 if let Entry::Pair(fk, Node::Scalar(s)) = f {
-                                    flat.push((format!("sops_{k}__list_{i}__map_{fk}"), s.as_text()));
+                                    flat.push((
+                                        format!("sops_{k}__list_{i}__map_{fk}"),
+                                        s.as_text(),
+                                    ));
                                 }
                             }
                         }

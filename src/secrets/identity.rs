@@ -107,8 +107,7 @@ impl Identities {
             }
             let id = age::x25519::Identity::from_str(line).map_err(|_| SecretsError::Identity {
                 source_name: format!("{source_name}:{}", n + 1),
-                message: "not an age identity (expected a line starting AGE-SECRET-KEY-1)"
-                    .into(),
+                message: "not an age identity (expected a line starting AGE-SECRET-KEY-1)".into(),
             })?;
             self.keys.push(id);
             self.sources.push(source_name.to_string());
@@ -118,7 +117,10 @@ impl Identities {
 
     /// The public keys (`age1…`) of these identities.
     pub fn recipients(&self) -> Vec<String> {
-        self.keys.iter().map(|k| k.to_public().to_string()).collect()
+        self.keys
+            .iter()
+            .map(|k| k.to_public().to_string())
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -139,11 +141,13 @@ impl Identities {
             .collect();
         order.extend(stanzas.iter().filter(|s| !mine.contains(&s.recipient)));
         for stanza in order {
-            let Ok(decryptor) = age::Decryptor::new_buffered(ArmoredReader::new(stanza.enc.as_bytes()))
+            let Ok(decryptor) =
+                age::Decryptor::new_buffered(ArmoredReader::new(stanza.enc.as_bytes()))
             else {
                 continue;
             };
-            let Ok(mut reader) = decryptor.decrypt(self.keys.iter().map(|k| k as &dyn age::Identity))
+            let Ok(mut reader) =
+                decryptor.decrypt(self.keys.iter().map(|k| k as &dyn age::Identity))
             else {
                 continue;
             };
@@ -193,11 +197,12 @@ pub(crate) fn wrap_data_key(
         recipient: recipient.to_string(),
         message: e,
     };
-    let encryptor = age::Encryptor::with_recipients(std::iter::once(recipient as &dyn age::Recipient))
-        .map_err(|e| fail(e.to_string()))?;
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(recipient as &dyn age::Recipient))
+            .map_err(|e| fail(e.to_string()))?;
     let mut out = Vec::new();
-    let armored =
-        ArmoredWriter::wrap_output(&mut out, ArmorFormat::AsciiArmor).map_err(|e| fail(e.to_string()))?;
+    let armored = ArmoredWriter::wrap_output(&mut out, ArmorFormat::AsciiArmor)
+        .map_err(|e| fail(e.to_string()))?;
     let mut writer = encryptor
         .wrap_output(armored)
         .map_err(|e| fail(e.to_string()))?;

@@ -112,13 +112,16 @@ fn write(out: &mut String, node: &Node, depth: usize) {
 /// exponent's leading zero dropped.
 fn go_json_float(f: f64) -> String {
     let abs = f.abs();
-    if abs != 0.0 && (abs < 1e-6 || abs >= 1e21) {
+    if abs != 0.0 && !(1e-6..1e21).contains(&abs) {
         let g = super::tree::format_float_g(f);
         // format_float_g uses %e here (exponent < -4 or >= 21 > 6); normalise `e-07` → `e-7`.
         let (mant, exp) = g.split_once('e').expect("exponent form");
         let (sign, digits) = exp.split_at(1);
         let digits = digits.trim_start_matches('0');
-        return format!("{mant}e{sign}{}", if digits.is_empty() { "0" } else { digits });
+        return format!(
+            "{mant}e{sign}{}",
+            if digits.is_empty() { "0" } else { digits }
+        );
     }
     format_float_f(f)
 }

@@ -122,9 +122,9 @@ fn is_empty_value(node: &Node) -> bool {
 fn regex(field: &str, node: &Node) -> Result<Option<Regex>, MetadataError> {
     match text(node).filter(|s| !s.is_empty()) {
         None => Ok(None),
-        Some(s) => Regex::new(&s)
-            .map(Some)
-            .map_err(|e| MetadataError::Invalid(format!("`sops.{field}` is not a valid regex: {e}"))),
+        Some(s) => Regex::new(&s).map(Some).map_err(|e| {
+            MetadataError::Invalid(format!("`sops.{field}` is not a valid regex: {e}"))
+        }),
     }
 }
 

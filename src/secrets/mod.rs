@@ -23,7 +23,9 @@ mod resolve;
 mod tree;
 mod yaml;
 
-pub use document::{Document, EncryptOptions, Format, SelectorChoice, decrypt_file, encrypt, key_paths};
+pub use document::{
+    Document, EncryptOptions, Format, SelectorChoice, decrypt_file, encrypt, key_paths,
+};
 pub use identity::{Identities, default_keys_file};
 pub use metadata::{DEFAULT_UNENCRYPTED_SUFFIX, SOPS_VERSION};
 pub use redact::{MIN_REDACTED_LEN, REDACTED, Redactor, SecretValue};
@@ -43,11 +45,15 @@ pub enum SecretsError {
         column: usize,
         message: String,
     },
-    #[error("{file}: not a sops file: it has no `sops` metadata; encrypt it with `keystone secrets encrypt`")]
+    #[error(
+        "{file}: not a sops file: it has no `sops` metadata; encrypt it with `keystone secrets encrypt`"
+    )]
     NotEncrypted { file: String },
     #[error("{file}: invalid sops metadata: {message}")]
     BadMetadata { file: String, message: String },
-    #[error("{file}: uses {feature}, which Keystone does not support yet; re-encrypt it with plain age recipients (`keystone secrets encrypt --age …`)")]
+    #[error(
+        "{file}: uses {feature}, which Keystone does not support yet; re-encrypt it with plain age recipients (`keystone secrets encrypt --age …`)"
+    )]
     Unsupported { file: String, feature: String },
     #[error("no age identity found: set SOPS_AGE_KEY_FILE or SOPS_AGE_KEY, put one in {}, or pass --age-key-file", default_keys_file().map(|p| p.display().to_string()).unwrap_or_else(|| "~/.config/sops/age/keys.txt".into()))]
     NoIdentity,
@@ -66,7 +72,9 @@ pub enum SecretsError {
     },
     #[error("{file}: MAC mismatch: the file was changed without sops, or is corrupt")]
     MacMismatch { file: String },
-    #[error("{file}: `{path}`: the encrypted value does not authenticate: it was changed, or moved from another key")]
+    #[error(
+        "{file}: `{path}`: the encrypted value does not authenticate: it was changed, or moved from another key"
+    )]
     Tampered { file: String, path: String },
     #[error("{file}: `{path}`: {message}")]
     BadValue {

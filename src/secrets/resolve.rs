@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use super::SecretsError;
 use super::document::{Document, Format, decrypt_file};
 use super::identity::Identities;
 use super::redact::{Redactor, SecretValue};
-use super::SecretsError;
 use crate::model::{Model, SecretRef, Value};
 
 /// Resolves references against the secret files of one config commit. Each file is decrypted
@@ -25,7 +25,9 @@ impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut stems: Vec<&String> = self.files.keys().collect();
         stems.sort();
-        f.debug_struct("Resolver").field("files", &stems).finish_non_exhaustive()
+        f.debug_struct("Resolver")
+            .field("files", &stems)
+            .finish_non_exhaustive()
     }
 }
 
@@ -42,7 +44,8 @@ impl Resolver {
     /// Add the bytes of a secret file (`stem` as in `secrets/<stem>.sops.yaml`; `path` relative
     /// to the repository root, used in messages).
     pub fn add_file(&mut self, stem: &str, path: &str, bytes: Vec<u8>) {
-        self.files.insert(stem.to_string(), (path.to_string(), bytes));
+        self.files
+            .insert(stem.to_string(), (path.to_string(), bytes));
         self.cache
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
@@ -59,10 +62,11 @@ impl Resolver {
     ) -> Result<Resolver, SecretsError> {
         let mut r = Resolver::new(identities, redactor);
         for (stem, file) in &model.secret_files {
-            let bytes = std::fs::read(repo_root.join(&file.path)).map_err(|e| SecretsError::Io {
-                file: file.path.clone(),
-                message: format!("cannot read: {e}"),
-            })?;
+            let bytes =
+                std::fs::read(repo_root.join(&file.path)).map_err(|e| SecretsError::Io {
+                    file: file.path.clone(),
+                    message: format!("cannot read: {e}"),
+                })?;
             r.add_file(stem, &file.path, bytes);
         }
         Ok(r)
@@ -82,15 +86,18 @@ impl Resolver {
             None => Err(SecretsError::MissingFile {
                 stem: stem.to_string(),
             }),
-            Some((path, bytes)) => {
-                decrypt_file(path, bytes, Format::from_path(Path::new(path)), &self.identities)
-                    .map(|doc| {
-                        for v in doc.encrypted_values() {
-                            self.redactor.add(v);
-                        }
-                        Arc::new(doc)
-                    })
-            }
+            Some((path, bytes)) => decrypt_file(
+                path,
+                bytes,
+                Format::from_path(Path::new(path)),
+                &self.identities,
+            )
+            .map(|doc| {
+                for v in doc.encrypted_values() {
+                    self.redactor.add(v);
+                }
+                Arc::new(doc)
+            }),
         };
         cache.insert(stem.to_string(), result.clone());
         result

@@ -75,7 +75,11 @@ impl Scalar {
 /// Go's `strconv.FormatFloat(f, 'f', -1, 64)`: shortest digits, never an exponent.
 pub fn format_float_f(f: f64) -> String {
     if f.is_infinite() {
-        return if f > 0.0 { "+Inf".into() } else { "-Inf".into() };
+        return if f > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        };
     }
     if f.is_nan() {
         return "NaN".into();
@@ -101,10 +105,18 @@ pub fn format_float_g(f: f64) -> String {
         return ".nan".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { ".inf".into() } else { "-.inf".into() };
+        return if f > 0.0 {
+            ".inf".into()
+        } else {
+            "-.inf".into()
+        };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() { "-0".into() } else { "0".into() };
+        return if f.is_sign_negative() {
+            "-0".into()
+        } else {
+            "0".into()
+        };
     }
     let (digits, dp) = shortest_digits(f);
     let sign = if f < 0.0 { "-" } else { "" };
@@ -169,7 +181,10 @@ impl Node {
                 })?,
                 Node::List(items) => {
                     let i: usize = key.parse().ok()?;
-                    items.iter().filter(|n| !matches!(n, Node::Comment(_))).nth(i)?
+                    items
+                        .iter()
+                        .filter(|n| !matches!(n, Node::Comment(_)))
+                        .nth(i)?
                 }
                 _ => return None,
             };

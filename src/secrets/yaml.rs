@@ -147,7 +147,9 @@ pub fn parse(text: &str) -> Result<Vec<Node>, YamlError> {
                 });
             }
             Event::MappingEnd | Event::SequenceEnd => {
-                let frame = stack.pop().ok_or_else(|| err("unbalanced collection".into()))?;
+                let frame = stack
+                    .pop()
+                    .ok_or_else(|| err("unbalanced collection".into()))?;
                 let (start_line, start_col) = frame.start;
                 let value = PVal::Coll(frame.coll);
                 if frame.anchor != 0 {
@@ -156,7 +158,8 @@ pub fn parse(text: &str) -> Result<Vec<Node>, YamlError> {
                 push_value(&mut stack, &mut root, value, start_line, start_col).map_err(err)?;
             }
             Event::Scalar(value, style, anchor, tag) => {
-                let is_key = matches!(stack.last(), Some(f) if f.coll.is_map && f.pending_key.is_none());
+                let is_key =
+                    matches!(stack.last(), Some(f) if f.coll.is_map && f.pending_key.is_none());
                 if is_key {
                     let frame = stack.last_mut().expect("checked");
                     if frame.coll.indent == usize::MAX {
@@ -181,7 +184,8 @@ pub fn parse(text: &str) -> Result<Vec<Node>, YamlError> {
                     .get(&id)
                     .cloned()
                     .ok_or_else(|| err("alias to an unknown anchor".into()))?;
-                let is_key = matches!(stack.last(), Some(f) if f.coll.is_map && f.pending_key.is_none());
+                let is_key =
+                    matches!(stack.last(), Some(f) if f.coll.is_map && f.pending_key.is_none());
                 if is_key {
                     let PVal::Scalar(s) = value else {
                         return Err(err("a map or list used as a key is not supported".into()));
@@ -301,7 +305,10 @@ fn to_node(coll: PColl) -> Node {
             while let Some((_, text)) = comments.next_if(|(at, _)| *at <= i) {
                 out.push(Entry::Comment(text));
             }
-            out.push(Entry::Pair(item.key.unwrap_or_default(), to_value(item.value)));
+            out.push(Entry::Pair(
+                item.key.unwrap_or_default(),
+                to_value(item.value),
+            ));
         }
         out.extend(comments.map(|(_, t)| Entry::Comment(t)));
         Node::Map(out)
@@ -570,14 +577,18 @@ pub fn parse_timestamp(s: &str) -> Option<String> {
     } else {
         format!(".{frac}")
     };
-    Some(format!("{date}T{hour:02}:{minute:02}:{second:02}{frac}{zone}"))
+    Some(format!(
+        "{date}T{hour:02}:{minute:02}:{second:02}{frac}{zone}"
+    ))
 }
 
 fn days_in_month(year: u32, month: u32) -> u32 {
     match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
-        _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        _ if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => {
+            29
+        }
         _ => 28,
     }
 }
@@ -791,9 +802,8 @@ enum Style {
 /// base-60 float) are double-quoted; multi-line strings are literal; the emitter then falls
 /// back (plain → single → double, literal → double) when the text does not allow a style.
 fn string_text(v: &str, key: bool, block_indent: usize) -> String {
-    let non_str = !matches!(resolve_plain(v), Ok(Scalar::Str(_)))
-        || is_old_bool(v)
-        || is_base60_float(v);
+    let non_str =
+        !matches!(resolve_plain(v), Ok(Scalar::Str(_))) || is_old_bool(v) || is_base60_float(v);
     let mut style = if v.contains('\n') {
         Style::Literal
     } else if non_str {
