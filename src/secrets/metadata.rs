@@ -140,6 +140,7 @@ impl Metadata {
         let mut version = None;
         let mut selector = Selector::default();
         let mut mac_only_encrypted = false;
+        let (mut key_groups, mut shamir) = (false, false);
         for entry in entries {
             let Entry::Pair(key, value) = entry else {
                 continue;
@@ -186,19 +187,21 @@ impl Metadata {
                     mac_only_encrypted = matches!(value, Node::Scalar(Scalar::Bool(true)))
                         || text(value).as_deref() == Some("true")
                 }
-                "key_groups" if !is_empty_value(value) => {
-                    return Err(MetadataError::Unsupported(
-                        "key groups (`sops.key_groups`)".into(),
-                    ));
-                }
-                "shamir_threshold" if !is_empty_value(value) => {
-                    return Err(MetadataError::Unsupported(
-                        "Shamir secret sharing (`sops.shamir_threshold`)".into(),
-                    ));
-                }
+                "key_groups" if !is_empty_value(value) => key_groups = true,
+                "shamir_threshold" if !is_empty_value(value) => shamir = true,
                 // Other key sources (pgp, kms, gcp_kms, azure_kv, hc_vault, ...) are ignored.
                 _ => {}
             }
+        }
+        if key_groups {
+            return Err(MetadataError::Unsupported(
+                "several key groups (`sops.key_groups`)".into(),
+            ));
+        }
+        if shamir {
+            return Err(MetadataError::Unsupported(
+                "Shamir secret sharing (`sops.shamir_threshold`)".into(),
+            ));
         }
         let missing = |f: &str| MetadataError::Invalid(format!("`sops.{f}` is missing"));
         if selector.is_empty() {
