@@ -1,0 +1,347 @@
+//! The forge clients against a stand-in forge API on 127.0.0.1 that keeps comments in memory and
+//! records every request: one plan comment per pull request, updated in place, never duplicated.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{OriginalUri, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::routing::{get, patch, post};
+use keystone::daemon::forge::{CommentSync, CommitState, ForgeClient, ForgeKind};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Forge {
+    next_id: u64,
+    /// (id, issue, author, body)
+    comments: Vec<(u64, u64, String, String)>,
+    /// "METHOD path?query auth-header body"
+    requests: Vec<String>,
+    statuses: Vec<(String, Value)>,
+}
+
+type Shared = Arc<Mutex<Forge>>;
+
+fn record(f: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap, body: &str) {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    f.lock().unwrap().requests.push(
+        format!("{method} {uri} [{auth}] {body}")
+            .trim_end()
+            .to_string(),
+    );
+}
+
+async fn user(
+    State(f): State<Shared>,
+    m: Method,
+    OriginalUri(u): OriginalUri,
+    h: HeaderMap,
+) -> axum::Json<Value> {
+    record(&f, &m, &u, &h, "");
+    axum::Json(json!({"login": "keystone-bot", "id": 1}))
+}
+
+async fn list(
+    State(f): State<Shared>,
+    Path((_o, _r, issue)): Path<(String, String, u64)>,
+    Query(q): Query<HashMap<String, String>>,
+    m: Method,
+    OriginalUri(u): OriginalUri,
+    h: HeaderMap,
+) -> axum::Json<Value> {
+    record(&f, &m, &u, &h, "");
+    let per = q
+        .get("per_page")
+        .or(q.get("limit"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30usize);
+    let page: usize = q.get("page").and_then(|v| v.parse().ok()).unwrap_or(1);
+    let g = f.lock().unwrap();
+    let all: Vec<Value> = g
+        .comments
+        .iter()
+        .filter(|c| c.1 == issue)
+        .map(|c| json!({"id": c.0, "body": c.3, "user": {"login": c.2}}))
+        .collect();
+    axum::Json(Value::Array(
+        all.into_iter().skip((page - 1) * per).take(per).collect(),
+    ))
+}
+
+async fn create(
+    State(f): State<Shared>,
+    Path((_o, _r, issue)): Path<(String, String, u64)>,
+    m: Method,
+    OriginalUri(u): OriginalUri,
+    h: HeaderMap,
+    body: String,
+) -> (StatusCode, axum::Json<Value>) {
+    record(&f, &m, &u, &h, &body);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let mut g = f.lock().unwrap();
+    g.next_id += 1;
+    let id = 1000 + g.next_id;
+    g.comments.push((
+        id,
+        issue,
+        "keystone-bot".into(),
+        v["body"].as_str().unwrap().into(),
+    ));
+    (StatusCode::CREATED, axum::Json(json!({"id": id})))
+}
+
+async fn edit(
+    State(f): State<Shared>,
+    Path((_o, _r, id)): Path<(String, String, u64)>,
+    m: Method,
+    OriginalUri(u): OriginalUri,
+    h: HeaderMap,
+    body: String,
+) -> StatusCode {
+    record(&f, &m, &u, &h, &body);
+    let mut g = f.lock().unwrap();
+    if m == Method::DELETE {
+        g.comments.retain(|c| c.0 != id);
+        return StatusCode::NO_CONTENT;
+    }
+    let v: Value = serde_json::from_str(&body).unwrap();
+    match g.comments.iter_mut().find(|c| c.0 == id) {
+        Some(c) => {
+            c.3 = v["body"].as_str().unwrap().into();
+            StatusCode::OK
+        }
+        None => StatusCode::NOT_FOUND,
+    }
+}
+
+async fn status(
+    State(f): State<Shared>,
+    Path((_o, _r, sha)): Path<(String, String, String)>,
+    m: Method,
+    OriginalUri(u): OriginalUri,
+    h: HeaderMap,
+    body: String,
+) -> StatusCode {
+    record(&f, &m, &u, &h, &body);
+    f.lock()
+        .unwrap()
+        .statuses
+        .push((sha, serde_json::from_str(&body).unwrap()));
+    StatusCode::CREATED
+}
+
+fn api() -> Router<Shared> {
+    Router::new()
+        .route("/user", get(user))
+        .route("/repos/{o}/{r}/issues/{n}/comments", get(list).post(create))
+        .route(
+            "/repos/{o}/{r}/issues/comments/{id}",
+            patch(edit).delete(edit),
+        )
+        .route("/repos/{o}/{r}/statuses/{sha}", post(status))
+}
+
+async fn start() -> (String, Shared) {
+    let shared: Shared = Default::default();
+    let app = Router::new()
+        .merge(api())
+        .nest("/api/v1", api())
+        .with_state(shared.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, shared)
+}
+
+fn take_requests(f: &Shared) -> Vec<String> {
+    std::mem::take(&mut f.lock().unwrap().requests)
+}
+
+#[tokio::test]
+async fn github_comment_created_then_updated_in_place_never_duplicated() {
+    let (base, forge) = start().await;
+    // Someone else's comment quoting the marker, and an unrelated comment.
+    forge.lock().unwrap().comments.extend([
+        (
+            1,
+            42,
+            "mallory".to_string(),
+            "<!-- keystone-plan: pr=42 -->\nfake".to_string(),
+        ),
+        (2, 42, "alice".to_string(), "LGTM".to_string()),
+    ]);
+    let c = ForgeClient::new(ForgeKind::GitHub, &base, "acme/config", "ghp-token\n").unwrap();
+
+    let v1 = "<!-- keystone-plan: pr=42 -->\n### Keystone plan v1".to_string();
+    let s = c
+        .upsert_plan_comments(42, std::slice::from_ref(&v1))
+        .await
+        .unwrap();
+    assert_eq!(
+        s,
+        CommentSync {
+            created: vec![1001],
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        take_requests(&forge),
+        [
+            "GET /user [Bearer ghp-token]",
+            "GET /repos/acme/config/issues/42/comments?per_page=100&page=1 [Bearer ghp-token]",
+            "POST /repos/acme/config/issues/42/comments [Bearer ghp-token] {\"body\":\"<!-- keystone-plan: pr=42 -->\\n### Keystone plan v1\"}",
+        ]
+    );
+
+    // Next push: the same comment is edited.
+    let v2 = "<!-- keystone-plan: pr=42 -->\n### Keystone plan v2".to_string();
+    let s = c
+        .upsert_plan_comments(42, std::slice::from_ref(&v2))
+        .await
+        .unwrap();
+    assert_eq!(s.updated, [1001]);
+    assert!(s.created.is_empty());
+    assert_eq!(
+        take_requests(&forge),
+        [
+            "GET /repos/acme/config/issues/42/comments?per_page=100&page=1 [Bearer ghp-token]",
+            "PATCH /repos/acme/config/issues/comments/1001 [Bearer ghp-token] {\"body\":\"<!-- keystone-plan: pr=42 -->\\n### Keystone plan v2\"}",
+        ]
+    );
+
+    // Same plan again: no write at all.
+    let s = c
+        .upsert_plan_comments(42, std::slice::from_ref(&v2))
+        .await
+        .unwrap();
+    assert_eq!(s.unchanged, [1001]);
+    assert_eq!(take_requests(&forge).len(), 1, "only the listing");
+
+    // The plan grows past the comment limit: a continuation is added; then it shrinks again.
+    let long = vec![
+        v2.clone(),
+        "<!-- keystone-plan: pr=42 part=2 -->\nmore".to_string(),
+    ];
+    let s = c.upsert_plan_comments(42, &long).await.unwrap();
+    assert_eq!(
+        (s.unchanged.clone(), s.created.clone()),
+        (vec![1001], vec![1002])
+    );
+    let s = c
+        .upsert_plan_comments(42, std::slice::from_ref(&v2))
+        .await
+        .unwrap();
+    assert_eq!(s.deleted, [1002]);
+
+    let g = forge.lock().unwrap();
+    let bodies: Vec<(u64, &str, &str)> = g
+        .comments
+        .iter()
+        .map(|c| (c.0, c.2.as_str(), c.3.as_str()))
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            (1, "mallory", "<!-- keystone-plan: pr=42 -->\nfake"),
+            (2, "alice", "LGTM"),
+            (1001, "keystone-bot", v2.as_str()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn gitea_comments_paginate_and_commit_status_is_set() {
+    let (base, forge) = start().await;
+    // 150 comments before ours: the listing must page.
+    {
+        let mut g = forge.lock().unwrap();
+        for i in 0..150 {
+            g.comments
+                .push((i + 10, 7, "bob".into(), format!("comment {i}")));
+        }
+        g.comments.push((
+            500,
+            7,
+            "keystone-bot".into(),
+            "<!-- keystone-plan: pr=7 -->\nold".into(),
+        ));
+        // An old duplicate left by an interrupted run goes.
+        g.comments.push((
+            501,
+            7,
+            "keystone-bot".into(),
+            "<!-- keystone-plan: pr=7 -->\nolder".into(),
+        ));
+    }
+    let c = ForgeClient::new(
+        ForgeKind::Gitea,
+        &format!("{base}/api/v1"),
+        "acme/config",
+        "gitea-token",
+    )
+    .unwrap();
+    let s = c
+        .upsert_plan_comments(7, &["<!-- keystone-plan: pr=7 -->\nnew".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(
+        s,
+        CommentSync {
+            updated: vec![500],
+            deleted: vec![501],
+            ..Default::default()
+        }
+    );
+    c.set_commit_status(
+        "cafe0123",
+        CommitState::Pending,
+        "keystone/plan",
+        "computing the plan",
+        Some("http://127.0.0.1/status"),
+    )
+    .await
+    .unwrap();
+    c.set_commit_status(
+        "cafe0123",
+        CommitState::Failure,
+        "keystone/plan",
+        &"x".repeat(200),
+        None,
+    )
+    .await
+    .unwrap();
+    let reqs = take_requests(&forge);
+    assert_eq!(
+        reqs,
+        [
+            "GET /api/v1/user [token gitea-token]",
+            "GET /api/v1/repos/acme/config/issues/7/comments?limit=100&page=1 [token gitea-token]",
+            "GET /api/v1/repos/acme/config/issues/7/comments?limit=100&page=2 [token gitea-token]",
+            "PATCH /api/v1/repos/acme/config/issues/comments/500 [token gitea-token] {\"body\":\"<!-- keystone-plan: pr=7 -->\\nnew\"}",
+            "DELETE /api/v1/repos/acme/config/issues/comments/501 [token gitea-token]",
+            "POST /api/v1/repos/acme/config/statuses/cafe0123 [token gitea-token] {\"state\":\"pending\",\"context\":\"keystone/plan\",\"description\":\"computing the plan\",\"target_url\":\"http://127.0.0.1/status\"}",
+            &format!(
+                "POST /api/v1/repos/acme/config/statuses/cafe0123 [token gitea-token] {{\"state\":\"failure\",\"context\":\"keystone/plan\",\"description\":\"{}\"}}",
+                "x".repeat(140)
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn forge_errors_name_the_request_and_the_answer() {
+    let (base, _forge) = start().await;
+    let c = ForgeClient::new(
+        ForgeKind::GitHub,
+        &format!("{base}/nope"),
+        "acme/config",
+        "t",
+    )
+    .unwrap();
+    let e = c.upsert_plan_comments(1, &["x".into()]).await.unwrap_err();
+    assert_eq!(e.to_string(), "forge API GET /user answered 404: ");
+}
