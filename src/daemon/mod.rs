@@ -6,4 +6,7 @@
 pub mod forge;
 pub mod http;
 pub mod metrics;
+pub mod mirror;
+pub mod queue;
+pub mod runtime;
 pub mod webhook;
