@@ -226,7 +226,7 @@ mod tests {
             ..deploy("aaaaaaa1")
         };
         assert_eq!(q.offer(retry.clone()), Offer::Queued);
-        assert_eq!(q.start_ready(), [retry.clone()]);
+        assert_eq!(q.start_ready(), std::slice::from_ref(&retry));
         q.finished(&retry, true);
         assert_eq!(
             q.offer(deploy("aaaaaaa1")),

@@ -228,6 +228,15 @@ type Done = (Job, Deployment);
 
 impl Daemon {
     fn writer(&self) -> StatusWriter {
+        // A local working repository cannot be pushed to (its branches may be checked out):
+        // the status branch is committed into it directly, still without touching its checkout.
+        if let Some(dir) = self.mirror.local_path()
+            && dir.join(".git").exists()
+        {
+            let mut w = StatusWriter::new(dir, &self.settings.status_branch);
+            w.keep_operations_days = self.settings.keep_operations_days;
+            return w;
+        }
         let mut w = StatusWriter::new(&self.mirror.path, &self.settings.status_branch);
         w.remote = Some(self.mirror.url.clone());
         w.keep_operations_days = self.settings.keep_operations_days;
@@ -245,7 +254,23 @@ impl Daemon {
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
-                Some(t) = rx.recv() => self.on_trigger(t, &done_tx).await,
+                Some(t) = rx.recv() => {
+                    // A burst of fetch triggers (notify reports every ref file) is one fetch.
+                    let mut batch = vec![t];
+                    while let Ok(more) = rx.try_recv() {
+                        batch.push(more);
+                    }
+                    let mut fetched = false;
+                    for t in batch {
+                        if matches!(t, Trigger::Fetch { .. }) {
+                            if fetched {
+                                continue;
+                            }
+                            fetched = true;
+                        }
+                        self.on_trigger(t, &done_tx).await;
+                    }
+                }
                 Some((job, dep)) = done_rx.recv() => self.on_done(job, dep, &done_tx).await,
                 _ = tokio::time::sleep_until(next_poll) => {
                     next_poll = tokio::time::Instant::now() + self.interval();
@@ -763,15 +788,17 @@ impl Daemon {
     }
 }
 
-/// `20261203T174205-e4f5a6b-shop-production-deploy`: unique per start and path-safe.
+/// `20261203T174205-e4f5a6b-shop-production-deploy-3f2a`: unique per start and path-safe.
 pub fn operation_id(now: Timestamp, job: &Job) -> String {
     let stamp = now
         .rfc3339()
         .replace(['-', ':'], "")
         .trim_end_matches('Z')
         .to_string();
+    // A random tail: two starts in the same second (a restart, a retry) stay apart.
+    let tail: u16 = rand::random();
     status::render::path_safe(&format!(
-        "{stamp}-{}-{}-{}",
+        "{stamp}-{}-{}-{}-{tail:04x}",
         status::render::short(&job.commit),
         job.environment.replace('/', "-"),
         job.kind.as_str()
