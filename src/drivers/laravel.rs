@@ -83,6 +83,16 @@ impl Driver for Laravel {
         &ENV_SCHEMA
     }
     fn health_check(&self, target: HealthTarget<'_>) -> HealthCheck {
+        if !target.http {
+            // A worker or scheduler serves nothing: healthy while its main process runs.
+            return HealthCheck {
+                test: vec!["CMD-SHELL".into(), "kill -0 1".into()],
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(3),
+                retries: 3,
+                start_period: Duration::from_secs(5),
+            };
+        }
         let path = if target.path.starts_with('/') {
             target.path.to_string()
         } else {
@@ -282,6 +292,11 @@ pub fn remote_dir(remote_root: &str, key: &ReplicaKey, slot: Slot) -> String {
     )
 }
 
+/// Whether replicas of `service` serve HTTP (and so get host ports and a gateway route).
+pub fn serves_http(service: &AppService) -> bool {
+    service.roles.contains(&ProcessRole::Web)
+}
+
 /// Host ports replicas are given: each replica holds the pair `(base, base + 1)`, one per slot.
 pub const HOST_PORT_RANGE: std::ops::RangeInclusive<u16> = 20000..=29999;
 
@@ -314,7 +329,7 @@ pub enum AllocError {
     },
 }
 
-/// The host ports of every replica of the model. An existing assignment never moves while its
+/// The host ports of every HTTP replica of the model (`serves_http`). An existing assignment never moves while its
 /// replica stays on the same server; new replicas (or replicas moved to another server) take the
 /// lowest free pair on their server, avoiding the ports shared services publish there. Replicas
 /// that no longer exist free their pair.
@@ -343,6 +358,9 @@ pub fn allocate_host_ports(
         let Some(server) = replica_server(service, key.index) else {
             continue;
         };
+        if !serves_http(service) {
+            continue;
+        }
         match previous.get(key) {
             Some(p) if p.server == server => {
                 let t = taken.entry(server).or_default();
@@ -530,21 +548,4 @@ pub fn migration(service: &AppService, context: MigrationContext) -> Option<Migr
         when,
         command: service.migrations.command.clone(),
     })
-}
-
-/// The script running a migration in a one-off container of a rendered replica (same image, same
-/// .env, no published ports), from that replica's directory.
-pub fn migration_script(
-    run: &MigrationRun,
-    remote_dir: &str,
-    project: &str,
-    compose_service: &str,
-) -> String {
-    format!(
-        "set -eu\ncd {}\ndocker compose -p {} -f compose.yml run --rm --no-deps -T {} sh -c {}\n",
-        shell::quote(remote_dir),
-        shell::quote(project),
-        shell::quote(compose_service),
-        shell::quote(&run.command)
-    )
 }

@@ -75,6 +75,8 @@ pub struct HealthTarget<'a> {
     pub port: u16,
     /// HTTP path probed, for HTTP services.
     pub path: &'a str,
+    /// Whether the container serves HTTP on `port` (a Laravel queue worker does not).
+    pub http: bool,
 }
 
 /// A Docker health check, written into compose.yml; `docker inspect` polls it.
