@@ -323,10 +323,9 @@ fn every_managed_export_per_role_with_source_and_overridable() {
             .all(|v| v.name != "QUEUE_CONNECTION" && v.name != "SESSION_DRIVER")
     );
     match &find(&vars, "DB_PASSWORD").value {
-        VariableValue::Sensitive(s) => assert_eq!(
-            s.expose(),
-            "{{postgres_password:main-postgres/shop/staging}}"
-        ),
+        VariableValue::Sensitive(s) => {
+            assert_eq!(s.expose(), "{{generated:main-postgres/shop/staging}}")
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 use keystone::drivers::caddy2;
 use keystone::drivers::laravel::{self, ReplicaKey, Slot};
 use keystone::drivers::variables::environment_variables;
-use keystone::drivers::{self, Facts, Sensitive, SliceKey, postgres18, valkey8};
+use keystone::drivers::{self, Facts, Sensitive, postgres18, valkey8};
 use keystone::model::Model;
 use keystone::plan::Placeholder;
 use keystone::render::{self, AppReplica, EnvEntry, ReplicaFiles, ReplicaInput, SharedReplica};
@@ -34,7 +34,7 @@ fn render_all(model: &Model) -> Vec<ReplicaFiles> {
     for (app, application) in &model.applications {
         let image = drivers::pin_image(
             &laravel::image_repository(model, app).unwrap(),
-            &Placeholder::token(&laravel::digest_placeholder(app)),
+            &Placeholder::digest(app),
         );
         for env in application.environments.values() {
             let vars = environment_variables(model, env, &facts).unwrap();
@@ -63,7 +63,6 @@ fn render_all(model: &Model) -> Vec<ReplicaFiles> {
             }
         }
     }
-    let admin = postgres18::admin_credentials(Sensitive::new("<generated admin password>"));
     for (name, service) in &model.services {
         let image = drivers::pin_image(
             &drivers::shared_image(service).unwrap(),
@@ -77,7 +76,7 @@ fn render_all(model: &Model) -> Vec<ReplicaFiles> {
                     service: name,
                     server,
                     image: &image,
-                    admin: Some(&admin),
+                    admin: None,
                     routes: &routes,
                 }))
                 .unwrap(),

@@ -166,12 +166,6 @@ pub fn image_repository(model: &Model, app: &str) -> Option<String> {
     Some(repo)
 }
 
-/// The placeholder name of an application's image digest, unknown until its build ran:
-/// `digest:<app>` (written `{{digest:<app>}}`, see `plan::Placeholder`).
-pub fn digest_placeholder(app: &str) -> String {
-    format!("digest:{app}")
-}
-
 // ---------------------------------------------------------------------------------------------
 // Replicas, slots and host ports
 
@@ -257,6 +251,15 @@ impl Slot {
         match self {
             Slot::Blue => "blue",
             Slot::Green => "green",
+        }
+    }
+
+    /// The slot named by `as_str` (as recorded in `plan::applied::AppliedReplica::slot`).
+    pub fn parse(s: &str) -> Option<Slot> {
+        match s {
+            "blue" => Some(Slot::Blue),
+            "green" => Some(Slot::Green),
+            _ => None,
         }
     }
 

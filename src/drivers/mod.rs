@@ -223,8 +223,9 @@ impl fmt::Display for SliceKey {
 pub struct Facts {
     /// Valkey logical database per slice, from `valkey8::allocate_indexes`.
     pub valkey_indexes: BTreeMap<SliceKey, u32>,
-    /// The generated password of each Postgres slice's login role. A slice without one (not yet
-    /// provisioned) exports the placeholder `postgres18::password_placeholder(slice)`.
+    /// The password of each Postgres slice's login role, when the caller has it. A slice without
+    /// one exports the placeholder `{{generated:<service>/<app>/<env>}}` (see
+    /// `postgres18::slice_password`), which the executor fills.
     pub postgres_passwords: BTreeMap<SliceKey, Sensitive>,
 }
 
@@ -261,7 +262,8 @@ pub struct SliceContext<'a> {
     pub service: &'a SharedService,
     pub slice: &'a SliceKey,
     pub facts: &'a Facts,
-    /// Postgres: the service's admin credentials (generated once by the engine).
+    /// Postgres: the service's admin credentials; only the user name is used (`None`:
+    /// `postgres18::ADMIN_USER`).
     pub admin: Option<&'a Credentials>,
 }
 

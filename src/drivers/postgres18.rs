@@ -104,14 +104,7 @@ impl Driver for Postgres18 {
         let names = slice_names(ctx.slice);
         let host = super::shared_host(ctx.model, ctx.service).unwrap_or_default();
         let port = super::shared_port(ctx.service).unwrap_or(5432);
-        let password = ctx
-            .facts
-            .postgres_passwords
-            .get(ctx.slice)
-            .cloned()
-            .unwrap_or_else(|| {
-                Sensitive::new(Placeholder::token(&password_placeholder(ctx.slice)))
-            });
+        let password = slice_password(ctx.facts, ctx.slice);
         let plain = |name, value: String| Export {
             name,
             value: ExportValue::Plain(value),
@@ -140,22 +133,9 @@ impl Driver for Postgres18 {
         Vec::new()
     }
     fn provision_slice(&self, ctx: &SliceContext<'_>) -> Result<Option<SliceScript>, DriverError> {
-        let admin = ctx.admin.ok_or_else(|| DriverError::Invalid {
-            origin: ctx.service.origin.clone(),
-            message: format!(
-                "service `{}` has no admin credentials yet; it must be deployed before its slices",
-                ctx.service.name
-            ),
-        })?;
+        let admin = ctx.admin.map_or(ADMIN_USER, |a| a.username.as_str());
         let names = slice_names(ctx.slice);
-        let password = ctx
-            .facts
-            .postgres_passwords
-            .get(ctx.slice)
-            .cloned()
-            .unwrap_or_else(|| {
-                Sensitive::new(Placeholder::token(&password_placeholder(ctx.slice)))
-            });
+        let password = slice_password(ctx.facts, ctx.slice);
         let sql = slice_sql(&names.database, &names.role, &password).map_err(|message| {
             DriverError::Invalid {
                 origin: ctx.service.origin.clone(),
@@ -176,7 +156,7 @@ impl Driver for Postgres18 {
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-U",
-                admin.username.as_str(),
+                admin,
                 "-d",
                 "postgres",
             ])
@@ -228,20 +208,44 @@ pub fn slice_names(slice: &SliceKey) -> SliceNames {
     }
 }
 
-/// The placeholder name standing for a slice password the engine has not generated yet.
-pub fn password_placeholder(slice: &SliceKey) -> String {
-    format!(
-        "postgres_password:{}/{}/{}",
-        slice.service, slice.app, slice.env
-    )
+/// The admin role every Postgres service is created with (`POSTGRES_USER`).
+pub const ADMIN_USER: &str = "keystone_admin";
+
+/// The `generated:` key of a service's admin password: `<service>/admin`.
+pub fn admin_password_key(service: &str) -> String {
+    format!("{service}/admin")
 }
 
-/// The admin credentials a Postgres service starts with, given the password the engine generated.
+/// The `generated:` key of a slice's role password: `<service>/<app>/<env>`.
+pub fn slice_password_key(slice: &SliceKey) -> String {
+    format!("{}/{}/{}", slice.service, slice.app, slice.env)
+}
+
+/// A slice's role password: the applied fact when the caller has it, else the placeholder
+/// `{{generated:<service>/<app>/<env>}}` the executor fills from its encrypted state (URL-safe
+/// base64, so it is safe inside the SQL literal and the .env value it lands in).
+pub fn slice_password(facts: &super::Facts, slice: &SliceKey) -> Sensitive {
+    facts
+        .postgres_passwords
+        .get(slice)
+        .cloned()
+        .unwrap_or_else(|| Sensitive::new(Placeholder::generated(&slice_password_key(slice))))
+}
+
+/// The admin credentials a Postgres service starts with, given its password.
 pub fn admin_credentials(password: Sensitive) -> Credentials {
     Credentials {
-        username: "keystone_admin".to_string(),
+        username: ADMIN_USER.to_string(),
         password,
     }
+}
+
+/// The admin credentials as the planner writes them: the password is the placeholder
+/// `{{generated:<service>/admin}}`, generated once by the executor and kept encrypted.
+pub fn admin_placeholder_credentials(service: &str) -> Credentials {
+    admin_credentials(Sensitive::new(Placeholder::generated(&admin_password_key(
+        service,
+    ))))
 }
 
 /// `"name"` with `"` doubled: a Postgres identifier.

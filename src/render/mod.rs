@@ -198,7 +198,8 @@ pub struct SharedReplica<'a> {
     pub server: &'a str,
     /// Pinned: `image@sha256:…` or a placeholder digest.
     pub image: &'a str,
-    /// postgres18: the admin credentials (POSTGRES_USER / POSTGRES_PASSWORD).
+    /// postgres18: the admin credentials (POSTGRES_USER / POSTGRES_PASSWORD); `None` writes
+    /// `postgres18::admin_placeholder_credentials` (the executor fills the password).
     pub admin: Option<&'a Credentials>,
     /// caddy2: the routes (`caddy2::routes`).
     pub routes: &'a [Route],
@@ -388,14 +389,15 @@ fn shared_replica_files(s: &SharedReplica<'_>) -> Result<ReplicaFiles, RenderErr
     let mut health_port = port;
     match service.driver.as_str() {
         "postgres18" => {
-            if let Some(admin) = s.admin {
-                entries.push(EnvEntry::plain("POSTGRES_USER", admin.username.clone()));
-                entries.push(EnvEntry {
-                    name: "POSTGRES_PASSWORD".into(),
-                    value: admin.password.clone(),
-                    secret: true,
-                });
-            }
+            let admin = s.admin.cloned().unwrap_or_else(|| {
+                crate::drivers::postgres18::admin_placeholder_credentials(&service.name)
+            });
+            entries.push(EnvEntry::plain("POSTGRES_USER", admin.username.clone()));
+            entries.push(EnvEntry {
+                name: "POSTGRES_PASSWORD".into(),
+                value: admin.password,
+                secret: true,
+            });
             // The image listens on 5432 inside; the host port is the service's.
             ports = vec![format!("{port}:5432")];
             health_port = 5432;
@@ -550,8 +552,13 @@ pub fn caddy_config(
 
 /// `"…"` for Compose's env-file parser: `\`, `"`, `$`, newline and CR escaped, all else literal.
 pub fn dotenv_quote(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
-    out.push('"');
+    format!("\"{}\"", dotenv_escape(value))
+}
+
+/// The inside of `dotenv_quote`. A placeholder token (`{{secret:…}}`) passes through unchanged;
+/// whoever substitutes a value for it in a .env must substitute `dotenv_escape(value)`.
+pub fn dotenv_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -562,7 +569,6 @@ pub fn dotenv_quote(value: &str) -> String {
             c => out.push(c),
         }
     }
-    out.push('"');
     out
 }
 
