@@ -523,7 +523,7 @@ fn slots_alternate_and_name_containers_deterministically() {
 }
 
 #[test]
-fn host_ports_are_stable_per_server_and_skip_non_http_services() {
+fn host_ports_are_stable_per_server() {
     let mut model = support::example_model();
     let ports = laravel::allocate_host_ports(&model, &BTreeMap::new()).unwrap();
     let k = |env: &str, svc: &str, i| ReplicaKey::new("shop", env, svc, i);
@@ -536,6 +536,7 @@ fn host_ports_are_stable_per_server_and_skip_non_http_services() {
         BTreeMap::from([
             (k("production", "web", 1), pa("web-1", 20000)),
             (k("production", "web", 2), pa("web-2", 20000)),
+            (k("production", "worker", 1), pa("web-2", 20002)),
             (k("staging", "web", 1), pa("web-1", 20002)),
         ])
     );

@@ -9,7 +9,7 @@ use std::process::Command;
 use keystone::drivers::caddy2;
 use keystone::drivers::laravel::{self, ReplicaKey, Slot};
 use keystone::drivers::variables::environment_variables;
-use keystone::drivers::{self, Facts, Sensitive, postgres18, valkey8};
+use keystone::drivers::{self, Facts, Sensitive, valkey8};
 use keystone::model::Model;
 use keystone::plan::Placeholder;
 use keystone::render::{self, AppReplica, EnvEntry, ReplicaFiles, ReplicaInput, SharedReplica};

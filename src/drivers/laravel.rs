@@ -332,7 +332,8 @@ pub enum AllocError {
     },
 }
 
-/// The host ports of every HTTP replica of the model (`serves_http`). An existing assignment never moves while its
+/// The host ports of every replica of the model (a replica that serves no HTTP publishes none,
+/// but holds its pair so adding the web role later moves nothing). An existing assignment never moves while its
 /// replica stays on the same server; new replicas (or replicas moved to another server) take the
 /// lowest free pair on their server, avoiding the ports shared services publish there. Replicas
 /// that no longer exist free their pair.
@@ -361,9 +362,6 @@ pub fn allocate_host_ports(
         let Some(server) = replica_server(service, key.index) else {
             continue;
         };
-        if !serves_http(service) {
-            continue;
-        }
         match previous.get(key) {
             Some(p) if p.server == server => {
                 let t = taken.entry(server).or_default();
@@ -551,4 +549,39 @@ pub fn migration(service: &AppService, context: MigrationContext) -> Option<Migr
         when,
         command: service.migrations.command.clone(),
     })
+}
+
+/// The script running a migration in a one-off container of a rendered replica (same image, same
+/// .env, no published ports, removed afterwards), from that replica's directory. Compose runs with
+/// `--env-file /dev/null` so the replica's .env configures the container only, never Compose.
+pub fn migration_script(
+    run: &MigrationRun,
+    remote_dir: &str,
+    project: &str,
+    compose_service: &str,
+) -> String {
+    format!(
+        "set -eu\ncd {} && {}\n",
+        shell::quote(remote_dir),
+        shell::join([
+            "docker",
+            "compose",
+            "--project-directory",
+            remote_dir,
+            "-p",
+            project,
+            "-f",
+            "compose.yml",
+            "--env-file",
+            "/dev/null",
+            "run",
+            "--rm",
+            "--no-deps",
+            "-T",
+            compose_service,
+            "sh",
+            "-c",
+            run.command.as_str(),
+        ])
+    )
 }

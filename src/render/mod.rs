@@ -177,8 +177,8 @@ pub struct AppReplica<'a> {
     pub model: &'a Model,
     pub replica: &'a ReplicaKey,
     pub slot: Slot,
-    /// The replica's host ports (`laravel::allocate_host_ports`); `None` for a service that
-    /// serves no HTTP (workers publish nothing).
+    /// The replica's host ports (`laravel::allocate_host_ports`). Only replicas that serve HTTP
+    /// publish them; `None` is fine for the others (the server then comes from the placement).
     pub ports: Option<&'a PortAssignment>,
     /// Pinned: `repo@sha256:…` or `repo@{{digest:<app>}}`.
     pub image: &'a str,
@@ -332,6 +332,7 @@ fn app_replica_files(a: &AppReplica<'_>) -> Result<ReplicaFiles, RenderError> {
         ],
         ports: a
             .ports
+            .filter(|_| laravel::serves_http(service))
             .map(|p| format!("{}:{}", p.host_port(a.slot), service.port))
             .into_iter()
             .collect(),
@@ -633,18 +634,11 @@ fn size(n: usize) -> String {
 /// The script running a migration in a one-off container of a rendered replica: same image, same
 /// .env, no published ports, removed afterwards.
 pub fn migration_script(run: &laravel::MigrationRun, files: &ReplicaFiles) -> String {
-    format!(
-        "set -eu\n{}\n",
-        files.compose_command(&[
-            "run",
-            "--rm",
-            "--no-deps",
-            "-T",
-            files.compose_service.as_str(),
-            "sh",
-            "-c",
-            run.command.as_str(),
-        ])
+    laravel::migration_script(
+        run,
+        &files.remote_dir,
+        &files.project,
+        &files.compose_service,
     )
 }
 
