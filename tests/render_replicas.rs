@@ -384,3 +384,56 @@ fn migration_runs_through_the_one_compose_command() {
         "set -eu\ncd /home/keystone/services/shop_production_web-1-blue && docker compose --project-directory /home/keystone/services/shop_production_web-1-blue -p keystone-shop_production_web-1-blue -f compose.yml --env-file /dev/null run --rm --no-deps -T web sh -c 'php artisan migrate --force'\n"
     );
 }
+
+#[test]
+fn environment_files_cover_its_replicas_and_attached_services() {
+    let model = support::example_model();
+    let redact = |r: &keystone::model::SecretRef| {
+        Ok::<_, std::io::Error>(Sensitive::new(format!("<secret {}>", r.display_path())))
+    };
+    let files = render::environment_files(&model, "shop", "production", "0123abc", redact).unwrap();
+    let where_: Vec<(String, String)> = files
+        .iter()
+        .map(|f| (f.server.clone(), f.remote_dir.clone()))
+        .collect();
+    assert_eq!(
+        where_,
+        vec![
+            (
+                "web-1".to_string(),
+                "/home/keystone/services/shop_production_web-1-blue".to_string()
+            ),
+            (
+                "web-2".to_string(),
+                "/home/keystone/services/shop_production_web-2-blue".to_string()
+            ),
+            (
+                "web-2".to_string(),
+                "/home/keystone/services/shop_production_worker-1-blue".to_string()
+            ),
+            (
+                "web-1".to_string(),
+                "/home/keystone/services/edge".to_string()
+            ),
+            (
+                "db-1".to_string(),
+                "/home/keystone/services/main-postgres".to_string()
+            ),
+            (
+                "db-1".to_string(),
+                "/home/keystone/services/main-valkey".to_string()
+            ),
+        ]
+    );
+    let env = String::from_utf8(files[0].env.clone()).unwrap();
+    assert!(
+        env.contains("APP_KEY=\"<secret shop-production.app_key>\"\n"),
+        "{env}"
+    );
+    assert_eq!(
+        files[3].extra[0].path,
+        "/home/keystone/gateway/edge/caddy.json"
+    );
+    let err = render::environment_files(&model, "shop", "nope", "c", redact).unwrap_err();
+    assert_eq!(err.to_string(), "unknown environment shop/nope");
+}

@@ -661,3 +661,109 @@ mod tests {
         }
     }
 }
+
+/// Why an environment's files could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvironmentRenderError<E: std::error::Error + 'static> {
+    #[error("unknown environment {0}")]
+    UnknownEnvironment(String),
+    #[error("{0}")]
+    Variables(String),
+    #[error("{0}")]
+    Allocation(String),
+    #[error(transparent)]
+    Secret(E),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+}
+
+/// Every file a first deploy of `app/env` writes, per replica: its app replicas (blue slot, host
+/// ports and Valkey indexes as a fresh allocation would give them) and one replica per server of
+/// each shared service it attaches to (the gateway's config with every environment's routes).
+/// Images show the `{{digest:…}}` placeholders; secret references are turned into values by
+/// `secret` (the resolver, or a redacting stand-in). What `keystone render` writes.
+pub fn environment_files<E: std::error::Error + 'static>(
+    model: &Model,
+    app: &str,
+    env_name: &str,
+    commit: &str,
+    mut secret: impl FnMut(&SecretRef) -> Result<Sensitive, E>,
+) -> Result<Vec<ReplicaFiles>, EnvironmentRenderError<E>> {
+    use crate::plan::Placeholder;
+    let env = model
+        .applications
+        .get(app)
+        .and_then(|a| a.environments.get(env_name))
+        .ok_or_else(|| EnvironmentRenderError::UnknownEnvironment(format!("{app}/{env_name}")))?;
+    let join = |errors: Vec<String>| errors.join("\n");
+    let valkey = drivers::valkey8::allocate_indexes(model, &Default::default()).map_err(|e| {
+        EnvironmentRenderError::Allocation(join(e.iter().map(|e| e.to_string()).collect()))
+    })?;
+    let ports = laravel::allocate_host_ports(model, &Default::default()).map_err(|e| {
+        EnvironmentRenderError::Allocation(join(e.iter().map(|e| e.to_string()).collect()))
+    })?;
+    let facts = drivers::Facts {
+        valkey_indexes: valkey,
+        postgres_passwords: Default::default(),
+    };
+    let variables = drivers::variables::environment_variables(model, env, &facts).map_err(|e| {
+        EnvironmentRenderError::Variables(join(e.iter().map(|e| e.to_string()).collect()))
+    })?;
+    let entries = env_entries(&variables, &mut secret).map_err(EnvironmentRenderError::Secret)?;
+    let image = drivers::pin_image(
+        &laravel::image_repository(model, app).unwrap_or_else(|| format!("keystone/{app}")),
+        &Placeholder::digest(app),
+    );
+    let holder = laravel::scheduler_holder(env, None);
+    let mut out = Vec::new();
+    for (name, service) in &env.services {
+        for index in 1..=service.replicas {
+            let key = ReplicaKey::new(app, env_name, name, index);
+            out.push(replica_files(&ReplicaInput::App(AppReplica {
+                model,
+                replica: &key,
+                slot: Slot::Blue,
+                ports: ports.get(&key),
+                image: &image,
+                commit,
+                variables: &entries,
+                scheduler: holder.as_ref(),
+            }))?);
+        }
+    }
+    // Routes of every environment on a gateway (one config serves them all), live slot blue.
+    let upstreams = ports
+        .iter()
+        .filter_map(|(k, a)| {
+            Some((
+                k.clone(),
+                vec![laravel::dial_address(model, a, Slot::Blue)?],
+            ))
+        })
+        .collect();
+    let mut attached: Vec<&str> = env.attachments.iter().map(|a| a.service.as_str()).collect();
+    attached.dedup();
+    attached.sort();
+    attached.dedup();
+    for name in attached {
+        let Some(service) = model.services.get(name) else {
+            continue;
+        };
+        let image = drivers::pin_image(
+            &drivers::shared_image(service).unwrap_or_default(),
+            &Placeholder::digest(name),
+        );
+        let routes = caddy2::routes(model, name, &upstreams);
+        for server in &service.servers {
+            out.push(replica_files(&ReplicaInput::Shared(SharedReplica {
+                model,
+                service: name,
+                server,
+                image: &image,
+                admin: None,
+                routes: &routes,
+            }))?);
+        }
+    }
+    Ok(out)
+}
