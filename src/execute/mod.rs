@@ -4,6 +4,7 @@
 //! Architecture invariant: only this module talks to hosts. It knows nothing about how a plan
 //! was made; it runs exactly the steps it is given, in the order the tree says.
 
+pub mod apply;
 pub mod events;
 pub mod local;
 pub mod orchestrator;
@@ -14,6 +15,7 @@ pub mod ssh;
 mod stdio;
 pub mod transport;
 
+pub use apply::{Outcome, PlanOutcome, PlanRun, RunPlanError, run_plan};
 pub use events::{Event, NoObserver, Observer, Observers, Status};
 pub use local::LocalTransport;
 pub use orchestrator::{ExecuteOptions, Executor, OperationReport, Report, Shutdown, StepReport};
