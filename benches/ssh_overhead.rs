@@ -1,0 +1,240 @@
+//! The ssh transport's cost, on the lab (scripts/lab):
+//! 1. per-step overhead on a no-op command (`true`), median, through `SshTransport::run` and
+//!    through the whole executor, beside plain `ssh host true` loops measured in the same run
+//!    (a new connection each time, and with an OpenSSH ControlMaster);
+//! 2. wall time of the same plan on 1 host vs 3 hosts in parallel.
+//!
+//! Targets: median per-step overhead < 5 ms; 3-host / 1-host wall-time ratio <= 1.3.
+//! `cargo bench --bench ssh_overhead` runs the full measurement; under `cargo test` (no `--bench`
+//! argument) it runs a short version so the figures stay honest but the suite stays fast.
+
+#[path = "../tests/engine_lab/mod.rs"]
+mod engine_lab;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keystone::execute::{
+    ExecuteOptions, Executor, NoObserver, Output, Redactor, Shutdown, SshSettings, SshTransport,
+    Transport,
+};
+use keystone::plan::{Children, Operation, OperationKind, Step, StepAction, Target};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn noop(server: &str) -> Step {
+    Step {
+        name: "true".into(),
+        target: Target::Server(server.into()),
+        action: StepAction::Run {
+            script: "true".into(),
+            stdin: None,
+        },
+        timeout: Duration::from_secs(30),
+        idempotent: false,
+        capture: None,
+    }
+}
+
+fn host_op(server: &str, steps: usize) -> Operation {
+    Operation {
+        id: format!("replica@{server}"),
+        kind: OperationKind::ReplicaDeploy,
+        title: server.into(),
+        server: Some(server.into()),
+        steps: (0..steps)
+            .map(|i| {
+                let mut s = noop(server);
+                // A little real work beside the no-ops: the plan is the same on every host.
+                if i % 10 == 9 {
+                    s.action = StepAction::Run {
+                        script: "sleep 0.05; echo done".into(),
+                        stdin: None,
+                    };
+                }
+                s
+            })
+            .collect(),
+        children_mode: Children::Sequential,
+        children: vec![],
+    }
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (n_plain, n_mux, n_steps, plan_steps) = if full {
+        (10, 100, 300, 60)
+    } else {
+        (3, 20, 40, 20)
+    };
+    let lab = engine_lab::lab();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ssh_config = lab.env["ssh_config"].as_str().unwrap().to_string();
+    println!("ssh_overhead ({} run)", if full { "full" } else { "short" });
+
+    // Plain ssh, a new connection per command.
+    let plain: Vec<Duration> = (0..n_plain)
+        .map(|_| {
+            let t = Instant::now();
+            let ok = Command::new("ssh")
+                .args(["-F", &ssh_config, "web-1", "true"])
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            t.elapsed()
+        })
+        .collect();
+    // Plain ssh through an OpenSSH ControlMaster.
+    let ctl = tempfile::tempdir().unwrap();
+    let control = ["-o", "ControlMaster=auto", "-o", "ControlPersist=30"];
+    let path = format!("ControlPath={}/m", ctl.path().display());
+    let mux = |_: usize| {
+        let t = Instant::now();
+        let ok = Command::new("ssh")
+            .args(["-F", &ssh_config])
+            .args(control)
+            .args(["-o", &path, "web-1", "true"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        t.elapsed()
+    };
+    mux(0);
+    let plain_mux: Vec<Duration> = (0..n_mux).map(mux).collect();
+    let _ = Command::new("ssh")
+        .args(["-F", &ssh_config, "-o", &path, "-O", "exit", "web-1"])
+        .stderr(std::process::Stdio::null())
+        .status();
+
+    // Keystone's transport: one master, native mux.
+    let work = tempfile::tempdir().unwrap();
+    let servers: Vec<_> = ["web-1", "web-2", "db-1"]
+        .iter()
+        .map(|h| lab.server(h))
+        .collect();
+    let transport = Arc::new(SshTransport::new(
+        servers.clone(),
+        SshSettings::new(work.path(), &lab.client_key),
+    ));
+    let target = Target::Server("web-1".into());
+    let (first, per_step) = rt.block_on(async {
+        let one = || async {
+            let mut out = Output::discard(Redactor::none());
+            let t = Instant::now();
+            let code = transport
+                .run(&target, "true", None, Duration::from_secs(30), &mut out)
+                .await
+                .unwrap();
+            assert_eq!(code, Some(0));
+            t.elapsed()
+        };
+        let first = one().await;
+        let mut v = Vec::new();
+        for _ in 0..n_steps {
+            v.push(one().await);
+        }
+        (first, v)
+    });
+
+    // The same through the executor: a plan of no-op steps on one host.
+    let exec = Executor::new(
+        transport.clone(),
+        Arc::new(NoObserver),
+        Redactor::none(),
+        ExecuteOptions::default(),
+    );
+    let mut plan = host_op("web-1", n_steps);
+    for s in &mut plan.steps {
+        *s = noop("web-1");
+    }
+    let t = Instant::now();
+    let report = rt.block_on(exec.execute(&plan, &Shutdown::new()));
+    assert!(report.converged());
+    let executor_per_step = t.elapsed() / n_steps as u32;
+
+    println!(
+        "  plain `ssh web-1 true`, new connection each: median {} over {n_plain}",
+        ms(median(plain))
+    );
+    println!(
+        "  plain `ssh web-1 true`, OpenSSH ControlMaster: median {} over {n_mux}",
+        ms(median(plain_mux.clone()))
+    );
+    println!(
+        "  keystone ssh transport, first command (connect + run): {}",
+        ms(first)
+    );
+    let transport_median = median(per_step);
+    println!(
+        "  keystone ssh transport `true`: median {} over {n_steps} (target < 5 ms): {}",
+        ms(transport_median),
+        if transport_median < Duration::from_millis(5) {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    println!(
+        "  keystone executor, plan of {n_steps} `true` steps: {} per step",
+        ms(executor_per_step)
+    );
+
+    // 1 host vs 3 hosts, the same per-host plan, fresh connections each time.
+    let wall = |hosts: &[&str]| {
+        let work = tempfile::tempdir().unwrap();
+        let transport = Arc::new(SshTransport::new(
+            servers.clone(),
+            SshSettings::new(work.path(), &lab.client_key),
+        ));
+        let exec = Executor::new(
+            transport,
+            Arc::new(NoObserver),
+            Redactor::none(),
+            ExecuteOptions::default(),
+        );
+        let tree = Operation {
+            id: "service".into(),
+            kind: OperationKind::ServiceDeploy,
+            title: "service".into(),
+            server: None,
+            steps: vec![],
+            children_mode: Children::ParallelByServer,
+            children: hosts.iter().map(|h| host_op(h, plan_steps)).collect(),
+        };
+        let t = Instant::now();
+        let report = rt.block_on(exec.execute(&tree, &Shutdown::new()));
+        assert!(report.converged());
+        t.elapsed()
+    };
+    let rounds = if full { 5 } else { 2 };
+    let one: Vec<Duration> = (0..rounds).map(|_| wall(&["web-1"])).collect();
+    let three: Vec<Duration> = (0..rounds)
+        .map(|_| wall(&["web-1", "web-2", "db-1"]))
+        .collect();
+    let (one, three) = (median(one), median(three));
+    let ratio = three.as_secs_f64() / one.as_secs_f64();
+    println!(
+        "  plan of {plan_steps} steps per host, 1 host: {} (median of {rounds})",
+        ms(one)
+    );
+    println!(
+        "  same plan on 3 hosts in parallel: {} (median of {rounds})",
+        ms(three)
+    );
+    println!(
+        "  ratio 3 hosts / 1 host: {ratio:.2} (target <= 1.3): {}",
+        if ratio <= 1.3 { "met" } else { "NOT met" }
+    );
+}
