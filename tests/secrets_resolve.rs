@@ -130,6 +130,15 @@ fn reference_errors_name_the_config_location_file_and_key() {
         "applications/shop/environments/production.yaml:7:12: secret `shop-production.nope`: secrets/shop-production.sops.yaml: key `nope` not found; the file has: app_key, mail_password"
     );
     assert!(matches!(err.root(), SecretsError::MissingKey { .. }));
+    // The placeholder form used by execute's `{{secret:file.key}}`.
+    assert_eq!(
+        r.resolve_str("shop-production.app_key").unwrap(),
+        r.resolve(&reference("shop-production.app_key")).unwrap()
+    );
+    assert_eq!(
+        r.resolve_str("shop.nope").unwrap_err().to_string(),
+        "{{secret:shop.nope}}: secret `shop.nope`: secrets/shop.sops.yaml: key `nope` not found; the file has: deploy_key"
+    );
     let err = r.resolve(&reference("ghost.password")).unwrap_err();
     assert_eq!(
         err.to_string(),

@@ -83,13 +83,18 @@ fn parse(value: &str) -> Result<Parsed, CipherError> {
     })
 }
 
-/// The IV of an encrypted value, to keep unchanged values' ciphertexts stable on re-encryption.
-pub fn iv_of(value: &str) -> Option<Vec<u8>> {
-    parse(value).ok().map(|p| p.iv)
-}
-
 /// Decrypt one value with the data key and the additional data (`db:password:`).
 pub fn decrypt(value: &str, key: &[u8; DATA_KEY_LEN], aad: &str) -> Result<Plain, CipherError> {
+    decrypt_with_iv(value, key, aad).map(|(plain, _)| plain)
+}
+
+/// [`decrypt`], also returning the value's IV (kept to re-encrypt an unchanged value
+/// identically).
+pub fn decrypt_with_iv(
+    value: &str,
+    key: &[u8; DATA_KEY_LEN],
+    aad: &str,
+) -> Result<(Plain, Vec<u8>), CipherError> {
     let p = parse(value)?;
     let mut ct = p.data;
     ct.extend_from_slice(&p.tag);
@@ -104,11 +109,12 @@ pub fn decrypt(value: &str, key: &[u8; DATA_KEY_LEN], aad: &str) -> Result<Plain
     }
     .map_err(|_| CipherError::Authentication)?;
     let text = || {
-        String::from_utf8(plain.clone())
+        std::str::from_utf8(&plain)
+            .map(str::to_string)
             .map_err(|_| CipherError::BadType(format!("{} value is not UTF-8", p.kind)))
     };
     let bad = |what: &str| CipherError::BadType(format!("not a valid {what}"));
-    Ok(match p.kind.as_str() {
+    let plain = match p.kind.as_str() {
         "str" => Plain::Scalar(Scalar::Str(text()?)),
         "int" => Plain::Scalar(Scalar::Int(text()?.parse().map_err(|_| bad("int"))?)),
         "float" => Plain::Scalar(Scalar::Float(
@@ -121,7 +127,8 @@ pub fn decrypt(value: &str, key: &[u8; DATA_KEY_LEN], aad: &str) -> Result<Plain
         "bytes" => Plain::Scalar(Scalar::Bytes(plain.clone())),
         "comment" => Plain::Comment(text()?),
         other => return Err(CipherError::BadType(format!("unknown type `{other}`"))),
-    })
+    };
+    Ok((plain, p.iv))
 }
 
 /// Go's `strconv.ParseBool`.
@@ -205,7 +212,7 @@ mod tests {
             decrypt(&enc, &key, "db:other:"),
             Err(CipherError::Authentication)
         );
-        let iv = iv_of(&enc).unwrap();
+        let (_, iv) = decrypt_with_iv(&enc, &key, "db:port:").unwrap();
         assert_eq!(
             encrypt_scalar(&Scalar::Int(5432), &key, "db:port:", Some(&iv)),
             enc

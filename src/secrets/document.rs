@@ -280,10 +280,8 @@ impl Walk<'_> {
         }
     }
 
-    fn remember(&mut self, ad: &str, kind: &'static str, plain: Vec<u8>, enc: &str) {
-        if let Some(iv) = cipher::iv_of(enc) {
-            self.stash.insert((ad.to_string(), kind, plain), iv);
-        }
+    fn remember(&mut self, ad: &str, kind: &'static str, plain: Vec<u8>, iv: Vec<u8>) {
+        self.stash.insert((ad.to_string(), kind, plain), iv);
     }
 
     /// A comment `text` in the collection at `path`: decrypted when it is an encrypted value;
@@ -293,9 +291,9 @@ impl Walk<'_> {
             return text.to_string();
         }
         let ad = aad(path);
-        match cipher::decrypt(text, self.key, &ad) {
-            Ok(Plain::Comment(c)) => {
-                self.remember(&ad, "comment", c.clone().into_bytes(), text);
+        match cipher::decrypt_with_iv(text, self.key, &ad) {
+            Ok((Plain::Comment(c), iv)) => {
+                self.remember(&ad, "comment", c.clone().into_bytes(), iv);
                 c
             }
             _ => text.to_string(),
@@ -359,15 +357,17 @@ impl Walk<'_> {
             });
         }
         let ad = aad(path);
-        match cipher::decrypt(text, self.key, &ad).map_err(|e| self.cipher_error(path, e))? {
+        let (plain, iv) =
+            cipher::decrypt_with_iv(text, self.key, &ad).map_err(|e| self.cipher_error(path, e))?;
+        match plain {
             Plain::Comment(c) => {
-                self.remember(&ad, "comment", c.clone().into_bytes(), text);
+                self.remember(&ad, "comment", c.clone().into_bytes(), iv);
                 Ok(Node::Comment(c))
             }
             Plain::Scalar(v) => {
                 let bytes = v.to_bytes();
                 self.hash.update(&bytes);
-                self.remember(&ad, v.type_name(), bytes, text);
+                self.remember(&ad, v.type_name(), bytes, iv);
                 self.encrypted_values.push(v.as_text());
                 Ok(Node::Scalar(v))
             }

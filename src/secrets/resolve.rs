@@ -106,11 +106,14 @@ impl Resolver {
     /// The value a reference points at. Errors name the referencing file:line:col, the
     /// reference and the secret file; never the value.
     pub fn resolve(&self, reference: &SecretRef) -> Result<SecretValue, SecretsError> {
+        let o = &reference.origin;
+        let at = if o.line == 0 {
+            o.file.clone()
+        } else {
+            format!("{}:{}:{}", o.file, o.line, o.column)
+        };
         let wrap = |e: SecretsError| SecretsError::Reference {
-            at: format!(
-                "{}:{}:{}",
-                reference.origin.file, reference.origin.line, reference.origin.column
-            ),
+            at: at.clone(),
             reference: reference.display_path(),
             source: Box::new(e),
         };
@@ -119,6 +122,23 @@ impl Resolver {
         let text = scalar.as_text();
         self.redactor.add(&text);
         Ok(SecretValue::new(text))
+    }
+
+    /// A reference written as `file.key.path` (the `{{secret:…}}` placeholder form), for
+    /// callers without a [`SecretRef`] at hand. Errors name the reference.
+    pub fn resolve_str(&self, reference: &str) -> Result<SecretValue, SecretsError> {
+        let mut parts = reference.split('.');
+        let file = parts.next().unwrap_or_default().to_string();
+        let key_path: Vec<String> = parts.map(str::to_string).collect();
+        self.resolve(&SecretRef {
+            file,
+            key_path,
+            origin: crate::model::Origin {
+                file: format!("{{{{secret:{reference}}}}}"),
+                line: 0,
+                column: 0,
+            },
+        })
     }
 
     /// A config value: plain text as is, a reference resolved.
