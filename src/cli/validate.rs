@@ -50,11 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Format::Text => {
             write!(out, "{}", loaded.render_diagnostics())?;
             let n = loaded.diagnostics.len();
-            writeln!(
-                out,
-                "\ninvalid: {n} error{}",
-                if n == 1 { "" } else { "s" }
-            )?;
+            writeln!(out, "\ninvalid: {n} error{}", if n == 1 { "" } else { "s" })?;
         }
     }
     Ok(if loaded.is_valid() {

@@ -72,7 +72,10 @@ impl Diagnostic {
         );
         let gutter = self.line.to_string().len();
         let pad = " ".repeat(gutter);
-        if let Some(text) = source_text.lines().nth(self.line.saturating_sub(1) as usize) {
+        if let Some(text) = source_text
+            .lines()
+            .nth(self.line.saturating_sub(1) as usize)
+        {
             // Keep tabs so the caret lines up with what a terminal shows.
             let lead: String = text
                 .chars()

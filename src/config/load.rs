@@ -32,7 +32,8 @@ enum SecretFormat {
 }
 
 fn yaml_stem(name: &str) -> Option<&str> {
-    name.strip_suffix(".yaml").or_else(|| name.strip_suffix(".yml"))
+    name.strip_suffix(".yaml")
+        .or_else(|| name.strip_suffix(".yml"))
 }
 
 /// `None` for files Keystone does not read (README.md, .gitkeep, …); `Some(Err(hint))` for YAML
@@ -56,8 +57,9 @@ fn classify(path: &str) -> Option<Result<FileKind, &'static str>> {
                 }
             }
         }
-        return yaml_stem(last)
-            .map(|_| Err("secret files are `secrets/<name>.sops.yaml` (or `.sops.json`, `.sops.env`)"));
+        return yaml_stem(last).map(|_| {
+            Err("secret files are `secrets/<name>.sops.yaml` (or `.sops.json`, `.sops.env`)")
+        });
     }
     let stem = yaml_stem(last)?.to_string();
     Some(match (parts[0], parts.len()) {
@@ -142,7 +144,9 @@ pub fn load(files: &dyn RepoFiles) -> Result<Loaded, LoadError> {
     let mut app_dirs: BTreeSet<String> = BTreeSet::new();
 
     for path in files.files()? {
-        let Some(kind) = classify(&path) else { continue };
+        let Some(kind) = classify(&path) else {
+            continue;
+        };
         let kind = match kind {
             Ok(k) => k,
             Err(hint) => {
@@ -182,7 +186,8 @@ pub fn load(files: &dyn RepoFiles) -> Result<Loaded, LoadError> {
 
     // An application directory with environments but no application.yaml.
     for app in &app_dirs {
-        if !st.applications.contains_key(app) && !st.broken.contains(&("application", app.clone())) {
+        if !st.applications.contains_key(app) && !st.broken.contains(&("application", app.clone()))
+        {
             let first_env = st
                 .environments
                 .iter()
@@ -362,7 +367,10 @@ fn read_file(
         Ok(n) => n,
         Err(e) => {
             let (code, hint) = if e.duplicate_key {
-                ("duplicate-key", Some("remove one of the two keys".to_string()))
+                (
+                    "duplicate-key",
+                    Some("remove one of the two keys".to_string()),
+                )
             } else {
                 ("yaml-syntax", None)
             };
@@ -396,7 +404,8 @@ fn read_file(
             if let Some((s, refs)) = parse::shared_service(&mut cx, name, &node)
                 && !cx.failed
             {
-                st.services.insert(name.clone(), (s, refs, path.to_string()));
+                st.services
+                    .insert(name.clone(), (s, refs, path.to_string()));
             }
         }
         FileKind::Application(name) => {
@@ -510,7 +519,14 @@ fn check_secret(st: &mut State, r: &SecretRef, scope: Scope) -> bool {
                 file.path,
                 r.key_path.join(".")
             );
-            st.error(&r.origin.file, pos, scope, "unknown-secret-key", msg, Some(hint));
+            st.error(
+                &r.origin.file,
+                pos,
+                scope,
+                "unknown-secret-key",
+                msg,
+                Some(hint),
+            );
             false
         }
         None if st.broken.contains(&("secret", r.file.clone())) => false,
@@ -566,10 +582,9 @@ fn check_project(st: &mut State) {
             match resolve(st, "server", &st.servers, &s.value) {
                 Resolved::Ok => {}
                 Resolved::Broken => bad_services.push((name.clone(), None)),
-                Resolved::Missing => bad_services.push((
-                    name.clone(),
-                    Some((file.clone(), s.pos, s.value.clone())),
-                )),
+                Resolved::Missing => {
+                    bad_services.push((name.clone(), Some((file.clone(), s.pos, s.value.clone()))))
+                }
             }
         }
     }
@@ -597,7 +612,12 @@ fn check_project(st: &mut State) {
         let mut ports: Vec<(u16, Pos)> = match svc.port {
             Some(p) => vec![(p, refs.port_pos)],
             None => drivers::get(&svc.driver)
-                .map(|d| d.default_ports().iter().map(|p| (*p, refs.port_pos)).collect())
+                .map(|d| {
+                    d.default_ports()
+                        .iter()
+                        .map(|p| (*p, refs.port_pos))
+                        .collect()
+                })
                 .unwrap_or_default(),
         };
         if let (Some(p), Some(pos)) = (svc.admin_port, refs.admin_port_pos) {
@@ -661,7 +681,9 @@ fn check_applications(st: &mut State) {
                         *pos,
                         scope.clone(),
                         "unknown-registry",
-                        format!("application `{name}` pushes to registry `{reg}`, which does not exist"),
+                        format!(
+                            "application `{name}` pushes to registry `{reg}`, which does not exist"
+                        ),
                         Some(hint),
                     );
                     ok = false;
@@ -738,7 +760,11 @@ fn check_environment(st: &mut State, pe: &mut ParsedEnv) -> bool {
 
     // Placement: resolve every service's servers.
     for refs in &pe.refs.services {
-        let svc = pe.env.services.get_mut(&refs.name).expect("parsed together");
+        let svc = pe
+            .env
+            .services
+            .get_mut(&refs.name)
+            .expect("parsed together");
         let mut servers: Vec<String> = match &svc.placement {
             Placement::Servers(list) => {
                 let mut out = Vec::new();
@@ -752,7 +778,10 @@ fn check_environment(st: &mut State, pe: &mut ParsedEnv) -> bool {
                                 st,
                                 s.pos,
                                 "unknown-server",
-                                format!("service `{}` is placed on server `{}`, which does not exist", refs.name, s.value),
+                                format!(
+                                    "service `{}` is placed on server `{}`, which does not exist",
+                                    refs.name, s.value
+                                ),
                                 Some(hint),
                             );
                             ok = false;
@@ -764,8 +793,14 @@ fn check_environment(st: &mut State, pe: &mut ParsedEnv) -> bool {
                         st,
                         refs.placement_pos,
                         "no-server-for-replicas",
-                        format!("service `{}` has {} replica(s) but its placement lists no server", refs.name, svc.replicas),
-                        Some("list at least one server in `placement.servers`, or set `replicas: 0`".into()),
+                        format!(
+                            "service `{}` has {} replica(s) but its placement lists no server",
+                            refs.name, svc.replicas
+                        ),
+                        Some(
+                            "list at least one server in `placement.servers`, or set `replicas: 0`"
+                                .into(),
+                        ),
                     );
                     ok = false;
                 }
@@ -829,7 +864,10 @@ fn check_environment(st: &mut State, pe: &mut ParsedEnv) -> bool {
             st,
             pos,
             "unknown-app-service",
-            format!("the scheduler runs in service `{}`, which this environment does not define", s.service),
+            format!(
+                "the scheduler runs in service `{}`, which this environment does not define",
+                s.service
+            ),
             Some(hint),
         );
         ok = false;
@@ -870,7 +908,10 @@ fn check_environment(st: &mut State, pe: &mut ParsedEnv) -> bool {
                     st,
                     refs.service_pos,
                     "unknown-service",
-                    format!("attachment to service `{}`, which does not exist", att.service),
+                    format!(
+                        "attachment to service `{}`, which does not exist",
+                        att.service
+                    ),
                     Some(hint),
                 );
                 ok = false;
@@ -884,7 +925,9 @@ fn check_environment(st: &mut State, pe: &mut ParsedEnv) -> bool {
                 st,
                 pos,
                 "unknown-app-service",
-                format!("the gateway routes to service `{target}`, which this environment does not define"),
+                format!(
+                    "the gateway routes to service `{target}`, which this environment does not define"
+                ),
                 Some(hint),
             );
             ok = false;
@@ -917,18 +960,18 @@ fn check_environment(st: &mut State, pe: &mut ParsedEnv) -> bool {
                 if svc.replicas == 0 {
                     continue;
                 }
-                let placed: Vec<&String> = svc
-                    .servers
-                    .iter()
-                    .take(svc.replicas as usize)
-                    .collect();
+                let placed: Vec<&String> = svc.servers.iter().take(svc.replicas as usize).collect();
                 used.extend(placed);
                 if used.len() > 1 && culprit.is_none() {
                     culprit = Some((refs.name.clone(), refs.placement_pos));
                 }
             }
             if let Some((svc, pos)) = culprit {
-                let servers = used.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
+                let servers = used
+                    .iter()
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 if build.registry.is_none() {
                     err(
                         st,

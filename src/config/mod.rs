@@ -65,7 +65,8 @@ impl Loaded {
     pub fn summary(&self) -> String {
         let m = &self.model;
         let envs: usize = m.applications.values().map(|a| a.environments.len()).sum();
-        let count = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let count =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         [
             count(m.servers.len(), "server", "servers"),
             count(m.registries.len(), "registry", "registries"),

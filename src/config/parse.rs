@@ -67,7 +67,14 @@ pub fn project(cx: &mut FileCx, n: &Node) -> Project {
     let Some(f) = cx.fields(
         n,
         what,
-        &["version", "reconcile", "status", "remote_root", "health", "secrets"],
+        &[
+            "version",
+            "reconcile",
+            "status",
+            "remote_root",
+            "health",
+            "secrets",
+        ],
     ) else {
         return p;
     };
@@ -86,17 +93,26 @@ pub fn project(cx: &mut FileCx, n: &Node) -> Project {
     if let Some(r) = f.get("reconcile")
         && let Some(rf) = cx.fields(r, "`reconcile`", &["branch", "interval"])
     {
-        if let Some(b) = rf.get("branch").and_then(|b| cx.nonempty_string(b, "reconcile.branch")) {
+        if let Some(b) = rf
+            .get("branch")
+            .and_then(|b| cx.nonempty_string(b, "reconcile.branch"))
+        {
             p.reconcile.branch = b;
         }
-        if let Some(i) = rf.get("interval").and_then(|i| cx.duration(i, "reconcile.interval")) {
+        if let Some(i) = rf
+            .get("interval")
+            .and_then(|i| cx.duration(i, "reconcile.interval"))
+        {
             p.reconcile.interval = i;
         }
     }
     if let Some(s) = f.get("status")
         && let Some(sf) = cx.fields(s, "`status`", &["branch", "keep_operations_days"])
     {
-        if let Some(b) = sf.get("branch").and_then(|b| cx.nonempty_string(b, "status.branch")) {
+        if let Some(b) = sf
+            .get("branch")
+            .and_then(|b| cx.nonempty_string(b, "status.branch"))
+        {
             p.status.branch = b;
         }
         if let Some(d) = sf
@@ -125,7 +141,9 @@ pub fn project(cx: &mut FileCx, n: &Node) -> Project {
     }
     if let Some(h) = f.get("health")
         && let Some(hf) = cx.fields(h, "`health`", &["interval"])
-        && let Some(i) = hf.get("interval").and_then(|i| cx.duration(i, "health.interval"))
+        && let Some(i) = hf
+            .get("interval")
+            .and_then(|i| cx.duration(i, "health.interval"))
     {
         p.health.interval = i;
     }
@@ -284,7 +302,9 @@ pub fn registry(cx: &mut FileCx, name: &str, n: &Node) -> Option<Registry> {
             Some("write e.g. `registry.example.com` or `10.77.0.1:5000`; put the path in `namespace` and plain HTTP in `insecure: true`".into()),
         );
     }
-    let namespace = f.get("namespace").map(|s| cx.nonempty_string(s, "namespace"));
+    let namespace = f
+        .get("namespace")
+        .map(|s| cx.nonempty_string(s, "namespace"));
     let username = f.get("username").map(|v| cx.value(v, "username"));
     let password = f.get("password").map(|v| cx.value(v, "password"));
     let insecure = match f.get("insecure") {
@@ -312,12 +332,24 @@ pub struct ServiceRefs {
     pub admin_port_pos: Option<Pos>,
 }
 
-pub fn shared_service(cx: &mut FileCx, name: &str, n: &Node) -> Option<(SharedService, ServiceRefs)> {
+pub fn shared_service(
+    cx: &mut FileCx,
+    name: &str,
+    n: &Node,
+) -> Option<(SharedService, ServiceRefs)> {
     let what = format!("service `{name}`");
     let f = cx.fields(
         n,
         &what,
-        &["driver", "server", "servers", "image", "port", "databases", "admin_port"],
+        &[
+            "driver",
+            "server",
+            "servers",
+            "image",
+            "port",
+            "databases",
+            "admin_port",
+        ],
     )?;
     let driver = cx
         .required(&f, "driver", &what)
@@ -346,7 +378,9 @@ pub fn shared_service(cx: &mut FileCx, name: &str, n: &Node) -> Option<(SharedSe
     };
     let image = f.get("image").map(|i| cx.nonempty_string(i, "image"));
     let port = f.get("port").map(|p| cx.u16(p, "port"));
-    let databases = f.get("databases").map(|d| cx.u32(d, "databases", 1, 1_000_000));
+    let databases = f
+        .get("databases")
+        .map(|d| cx.u32(d, "databases", 1, 1_000_000));
     let admin_port = f.get("admin_port").map(|p| cx.u16(p, "admin_port"));
     let servers = servers?;
     let port_pos = f
@@ -447,7 +481,9 @@ pub fn application(cx: &mut FileCx, name: &str, n: &Node) -> Option<(Application
         let repo = cx
             .required(&sf, "repo", "`source`")
             .and_then(|r| cx.nonempty_string(r, "source.repo"));
-        let deploy_key = sf.get("deploy_key").map(|k| cx.value(k, "source.deploy_key"));
+        let deploy_key = sf
+            .get("deploy_key")
+            .map(|k| cx.value(k, "source.deploy_key"));
         Some(Source {
             repo: repo?,
             deploy_key: deploy_key.lift()?,
@@ -470,7 +506,14 @@ pub fn application(cx: &mut FileCx, name: &str, n: &Node) -> Option<(Application
             let bf = cx.fields(
                 b,
                 "`build`",
-                &["strategy", "dockerfile", "context", "registry", "repository", "tag"],
+                &[
+                    "strategy",
+                    "dockerfile",
+                    "context",
+                    "registry",
+                    "repository",
+                    "tag",
+                ],
             )?;
             let strategy = match bf.get("strategy") {
                 Some(s) => {
@@ -566,7 +609,14 @@ pub fn environment(
     let f = cx.fields(
         n,
         &what,
-        &["ref", "services", "scheduler", "attachments", "variables", "self_heal"],
+        &[
+            "ref",
+            "services",
+            "scheduler",
+            "attachments",
+            "variables",
+            "self_heal",
+        ],
     )?;
     let mut refs = EnvRefs {
         services: Vec::new(),
@@ -607,7 +657,10 @@ pub fn environment(
                 cx.error(
                     s.pos,
                     "wrong-type",
-                    format!("`services` must be a mapping of service names, found {}", s.kind.describe()),
+                    format!(
+                        "`services` must be a mapping of service names, found {}",
+                        s.kind.describe()
+                    ),
                     Some("e.g. `services: {web: {driver: laravel, roles: [web]}}`".into()),
                 );
                 services_ok = false;
@@ -669,6 +722,7 @@ pub fn environment(
         }
     }
     let mut variables: Vec<(String, Value)> = Vec::new();
+    let mut variable_origins = BTreeMap::new();
     let mut variables_ok = true;
     if let Some(v) = f.get("variables") {
         match &v.kind {
@@ -685,7 +739,10 @@ pub fn environment(
                         continue;
                     }
                     match cx.variable_value(val, &k.name) {
-                        Some(value) => variables.push((k.name.clone(), value)),
+                        Some(value) => {
+                            variable_origins.insert(k.name.clone(), cx.origin(k.pos));
+                            variables.push((k.name.clone(), value));
+                        }
                         None => variables_ok = false,
                     }
                 }
@@ -719,6 +776,7 @@ pub fn environment(
             scheduler: scheduler.lift()?,
             attachments,
             variables,
+            variable_origins,
             self_heal: self_heal?,
         },
         refs,
@@ -749,7 +807,16 @@ fn app_service(
     let f = cx.fields(
         n,
         &what,
-        &["driver", "roles", "replicas", "placement", "migrations", "health", "port", "command"],
+        &[
+            "driver",
+            "roles",
+            "replicas",
+            "placement",
+            "migrations",
+            "health",
+            "port",
+            "command",
+        ],
     )?;
     let driver = cx
         .required(&f, "driver", &what)
@@ -828,7 +895,10 @@ fn app_service(
                         p.pos,
                         "missing-key",
                         "`placement` names no servers",
-                        Some("write `placement: {role: web}` or `placement: {servers: [web-1]}`".into()),
+                        Some(
+                            "write `placement: {role: web}` or `placement: {servers: [web-1]}`"
+                                .into(),
+                        ),
                     );
                     None
                 }
@@ -836,10 +906,19 @@ fn app_service(
         })(),
         // Default: the servers whose role is the service's first process role.
         None => roles.as_ref().and_then(|r| r.first()).map(|r| {
-            Placement::Role(PROCESS_ROLES.iter().find(|(_, p)| p == r).unwrap().0.to_string())
+            Placement::Role(
+                PROCESS_ROLES
+                    .iter()
+                    .find(|(_, p)| p == r)
+                    .unwrap()
+                    .0
+                    .to_string(),
+            )
         }),
     };
-    let is_web = roles.as_ref().is_some_and(|r| r.contains(&ProcessRole::Web));
+    let is_web = roles
+        .as_ref()
+        .is_some_and(|r| r.contains(&ProcessRole::Web));
     let migrations = match f.get("migrations") {
         Some(m) => (|| {
             let mf = cx.fields(m, "`migrations`", &["mode", "timing", "command"])?;
@@ -963,7 +1042,13 @@ fn attachment(cx: &mut FileCx, n: &Node) -> Option<(Attachment, AttachmentRefs)>
     let f = cx.fields(
         n,
         what,
-        &["service", "role", "confirm_queue_driver", "domains", "target"],
+        &[
+            "service",
+            "role",
+            "confirm_queue_driver",
+            "domains",
+            "target",
+        ],
     )?;
     let service = cx
         .required(&f, "service", "the attachment")
@@ -1009,7 +1094,12 @@ fn attachment(cx: &mut FileCx, n: &Node) -> Option<(Attachment, AttachmentRefs)>
                         );
                         ok = false;
                     } else if domains.iter().any(|o: &At<String>| o.value == dom) {
-                        cx.error(pos, "duplicate-name", format!("domain `{dom}` is listed twice"), None);
+                        cx.error(
+                            pos,
+                            "duplicate-name",
+                            format!("domain `{dom}` is listed twice"),
+                            None,
+                        );
                         ok = false;
                     } else {
                         domains.push(at(dom, pos));
@@ -1019,7 +1109,9 @@ fn attachment(cx: &mut FileCx, n: &Node) -> Option<(Attachment, AttachmentRefs)>
             None => ok = false,
         }
     }
-    let target = f.get("target").map(|t| cx.name(t, "target").map(|v| (v, t.pos)));
+    let target = f
+        .get("target")
+        .map(|t| cx.name(t, "target").map(|v| (v, t.pos)));
     if role_v == Some(AttachmentRole::Gateway) {
         if target.is_none() {
             cx.error(

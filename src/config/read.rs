@@ -34,7 +34,10 @@ pub struct Fields<'n> {
 
 impl<'n> Fields<'n> {
     pub fn get(&self, key: &str) -> Option<&'n Node> {
-        self.entries.iter().find(|(k, _)| k.name == key).map(|(_, v)| v)
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == key)
+            .map(|(_, v)| v)
     }
     /// Position of `key` itself (the start of `key:`).
     pub fn key_pos(&self, key: &str) -> Option<Pos> {
@@ -46,11 +49,14 @@ impl<'n> Fields<'n> {
 }
 
 /// The closest candidate to `word`, if it is close enough to be a likely typo.
-pub fn did_you_mean<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+pub fn did_you_mean<'c>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<&'c str> {
     let limit = (word.chars().count() / 3).max(1);
     candidates
         .into_iter()
-        .map(|c| (strsim::levenshtein(word, c), c))
+        .map(|c| (strsim::osa_distance(word, c), c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
@@ -147,7 +153,10 @@ impl<'a> FileCx<'a> {
                 );
             }
         }
-        Some(Fields { pos: n.pos, entries })
+        Some(Fields {
+            pos: n.pos,
+            entries,
+        })
     }
 
     /// A key that must be present.
@@ -293,10 +302,7 @@ impl<'a> FileCx<'a> {
     pub fn value(&mut self, n: &Node, what: &str) -> Option<Value> {
         if let Kind::Map(_) = &n.kind {
             let f = self.fields(n, &format!("the secret reference `{what}`"), &["secret"])?;
-            let Some(r) = self.required(&f, "secret", &format!("the secret reference `{what}`"))
-            else {
-                return None;
-            };
+            let r = self.required(&f, "secret", &format!("the secret reference `{what}`"))?;
             let text = self.string(r, "secret")?;
             return self.secret_ref(r.pos, &text).map(Value::Secret);
         }

@@ -7,7 +7,13 @@ use std::path::{Path, PathBuf};
 use super::LoadError;
 
 /// The top-level entries Keystone reads; everything else in the repository is ignored.
-pub const TOP_DIRS: [&str; 5] = ["servers", "registries", "services", "applications", "secrets"];
+pub const TOP_DIRS: [&str; 5] = [
+    "servers",
+    "registries",
+    "services",
+    "applications",
+    "secrets",
+];
 pub const PROJECT_FILE: &str = "keystone.yaml";
 
 /// A read-only view of the files of a config repository.
@@ -41,7 +47,9 @@ impl DirFiles {
             let entry = entry.map_err(|e| LoadError::io(&dir, e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let ty = entry.file_type().map_err(|e| LoadError::io(entry.path(), e))?;
+            let ty = entry
+                .file_type()
+                .map_err(|e| LoadError::io(entry.path(), e))?;
             let path = format!("{rel}/{name}");
             if ty.is_dir() {
                 self.walk(&path, out)?;

@@ -26,7 +26,9 @@ pub fn files(envs: usize, services_per_env: usize) -> Vec<(String, String)> {
     let mut server = |name: String, port: usize, roles: &str| {
         add(
             format!("servers/{name}.yaml"),
-            format!("host: 127.0.0.1\nport: {port}\nuser: keystone\nhost_key: {key}\nroles: [{roles}]\n"),
+            format!(
+                "host: 127.0.0.1\nport: {port}\nuser: keystone\nhost_key: {key}\nroles: [{roles}]\n"
+            ),
         );
     };
     server("build-1".into(), 22000, "builder");
@@ -44,13 +46,21 @@ pub fn files(envs: usize, services_per_env: usize) -> Vec<(String, String)> {
     for i in 0..postgres {
         add(
             format!("services/pg-{i}.yaml"),
-            format!("driver: postgres18\nserver: db-{}\nport: {}\n", 1 + i % 2, 15432 + i),
+            format!(
+                "driver: postgres18\nserver: db-{}\nport: {}\n",
+                1 + i % 2,
+                15432 + i
+            ),
         );
     }
     for i in 0..valkeys {
         add(
             format!("services/valkey-{i}.yaml"),
-            format!("driver: valkey8\nserver: db-{}\nport: {}\n", 1 + i % 2, 16379 + i),
+            format!(
+                "driver: valkey8\nserver: db-{}\nport: {}\n",
+                1 + i % 2,
+                16379 + i
+            ),
         );
     }
     add(
@@ -80,7 +90,10 @@ pub fn files(envs: usize, services_per_env: usize) -> Vec<(String, String)> {
             );
         }
     }
-    add("secrets/registry.sops.yaml".into(), sops_file(&format!("password: {}\n", enc("pw"))));
+    add(
+        "secrets/registry.sops.yaml".into(),
+        sops_file(&format!("password: {}\n", enc("pw"))),
+    );
     add("secrets/deploy.sops.yaml".into(), sops_file(&deploy_keys));
     add("secrets/app-keys.sops.yaml".into(), sops_file(&app_keys));
     out.sort();
@@ -100,8 +113,14 @@ fn environment(app: &str, env: &str, n: usize, services: usize) -> String {
         }
     }
     s.push_str("scheduler: {service: web, mode: single}\nattachments:\n");
-    s.push_str(&format!("  - {{service: pg-{}, role: database}}\n", n / 100));
-    s.push_str(&format!("  - {{service: valkey-{}, role: cache}}\n", n / 16));
+    s.push_str(&format!(
+        "  - {{service: pg-{}, role: database}}\n",
+        n / 100
+    ));
+    s.push_str(&format!(
+        "  - {{service: valkey-{}, role: cache}}\n",
+        n / 16
+    ));
     s.push_str(&format!(
         "  - {{service: edge, role: gateway, domains: [{env}.{app}.bench.test], target: web}}\n"
     ));
@@ -112,7 +131,9 @@ fn environment(app: &str, env: &str, n: usize, services: usize) -> String {
 }
 
 fn enc(seed: &str) -> String {
-    format!("ENC[AES256_GCM,data:{seed}Zm9v,iv:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,tag:AAAAAAAAAAAAAAAAAAAAAA==,type:str]")
+    format!(
+        "ENC[AES256_GCM,data:{seed}Zm9v,iv:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,tag:AAAAAAAAAAAAAAAAAAAAAA==,type:str]"
+    )
 }
 
 fn sops_file(body: &str) -> String {
@@ -162,7 +183,11 @@ pub fn commit_repo(
     }
     let tree_id = index.write_tree_to(repo)?;
     let tree = repo.find_tree(tree_id)?;
-    let sig = git2::Signature::new("Keystone Synthetic", "synthetic@keystone.invalid", &git2::Time::new(1_767_225_600, 0))?;
+    let sig = git2::Signature::new(
+        "Keystone Synthetic",
+        "synthetic@keystone.invalid",
+        &git2::Time::new(1_767_225_600, 0),
+    )?;
     let parent = repo
         .find_reference("refs/heads/main")
         .ok()

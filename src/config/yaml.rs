@@ -232,12 +232,20 @@ mod tests {
         let Kind::Seq(s) = &m[1].1.kind else { panic!() };
         assert_eq!(s[0].pos, Pos { line: 3, column: 5 });
         assert_eq!(s[1].pos, Pos { line: 4, column: 5 });
-        let Kind::Map(inner) = &s[1].kind else { panic!() };
+        let Kind::Map(inner) = &s[1].kind else {
+            panic!()
+        };
         assert_eq!(inner[0].0.pos, Pos { line: 4, column: 6 });
         assert_eq!(inner[0].1.kind, Kind::Str("false".into()));
         assert_eq!(inner[0].1.pos, Pos { line: 4, column: 9 });
         assert_eq!(inner[1].1.kind, Kind::Bool(false));
-        assert_eq!(inner[1].1.pos, Pos { line: 4, column: 21 });
+        assert_eq!(
+            inner[1].1.pos,
+            Pos {
+                line: 4,
+                column: 21
+            }
+        );
     }
 
     #[test]
