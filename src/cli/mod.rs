@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod secrets;
 mod status;
+mod validate;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +30,8 @@ enum Command {
     Status(status::Args),
     /// SOPS/age secret files: decrypt, encrypt, set, edit (compatible with `sops`).
     Secrets(secrets::Args),
+    /// Check a config repository (a directory or a commit) and report every problem.
+    Validate(validate::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -47,6 +50,7 @@ pub fn main() -> ExitCode {
     let result: anyhow::Result<ExitCode> = match cli.command {
         Command::Status(args) => status::run(args),
         Command::Secrets(args) => secrets::run(args),
+        Command::Validate(args) => validate::run(args),
     };
     match result {
         Ok(code) => code,

@@ -318,6 +318,13 @@ pub trait Driver: Send + Sync {
     fn provision_slice(&self, ctx: &SliceContext<'_>) -> Result<Option<SliceScript>, DriverError>;
     /// Brings the running service's view of its slices up to date (Caddy: load the routes).
     fn configure_slice(&self, ctx: &SliceContext<'_>) -> Result<Option<SliceScript>, DriverError>;
+    /// How many slices (one per attaching environment) one service of this driver can hold, when
+    /// that is bounded: Valkey's logical databases. `None`: unbounded. `config` uses it to report
+    /// exhausted services at validation time.
+    fn slice_limit(&self, service: &SharedService) -> Option<u32> {
+        let _ = service;
+        None
+    }
 }
 
 static DRIVERS: [&dyn Driver; 4] = [

@@ -167,6 +167,9 @@ impl Driver for Valkey8 {
     fn configure_slice(&self, _ctx: &SliceContext<'_>) -> Result<Option<SliceScript>, DriverError> {
         Ok(None)
     }
+    fn slice_limit(&self, service: &SharedService) -> Option<u32> {
+        Some(service.databases.unwrap_or(DEFAULT_DATABASES))
+    }
 }
 
 /// The server command: `databases` logical databases, append-only persistence in /data.
