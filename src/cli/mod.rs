@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod apply;
 mod secrets;
 mod status;
 mod validate;
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Plan the config repository against the applied state and deploy it to the servers.
+    Apply(apply::Args),
     /// Print the status branch: every environment's sync, health and last operation.
     Status(status::Args),
     /// SOPS/age secret files: decrypt, encrypt, set, edit (compatible with `sops`).
@@ -48,6 +51,7 @@ pub fn main() -> ExitCode {
     };
     init_tracing(&cli.log);
     let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Apply(args) => apply::run(args),
         Command::Status(args) => status::run(args),
         Command::Secrets(args) => secrets::run(args),
         Command::Validate(args) => validate::run(args),

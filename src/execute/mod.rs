@@ -15,12 +15,14 @@ pub mod ssh;
 mod stdio;
 pub mod transport;
 
-pub use apply::{Outcome, PlanOutcome, PlanRun, RunPlanError, run_plan};
+pub use apply::{Outcome, PlanOutcome, PlanRun, RunPlanError, describe, run_plan};
 pub use events::{Event, NoObserver, Observer, Observers, Status};
 pub use local::LocalTransport;
-pub use orchestrator::{ExecuteOptions, Executor, OperationReport, Report, Shutdown, StepReport};
+pub use orchestrator::{
+    ExecuteOptions, Executor, OperationReport, Report, Shutdown, StepReport, human,
+};
 pub use output::{CappedText, Output, Redactor, Stream};
 pub use placeholders::{NoValues, Values};
-pub use registry::DigestResolver;
+pub use registry::{DigestResolver, HttpDigestResolver, RegistryAccess, split_image};
 pub use ssh::{SshSettings, SshTransport, Transports};
 pub use transport::{BoxFuture, Transport, TransportError};
