@@ -202,20 +202,56 @@ pub(super) fn plan_services(
                     true,
                 ));
             }
-            r.steps.push(script::upload(
-                "render compose.yml with the new digest",
-                &t,
-                format!("{dir}/compose.yml"),
-                0o644,
-                payload(
-                    shared_compose(s, &container, &pinned, &volume).into_bytes(),
-                    "compose.yml",
-                ),
-            ));
+            let files = match crate::render::replica_files(&crate::render::ReplicaInput::Shared(
+                crate::render::SharedReplica {
+                    model,
+                    service: name,
+                    server,
+                    image: &pinned,
+                    admin: None,
+                    routes: &gateway_routes(model, name),
+                },
+            )) {
+                Ok(f) => f,
+                Err(e) => {
+                    plan.blockers.push(super::Finding {
+                        code: "render-failed".into(),
+                        location: Some(s.origin.to_string()),
+                        message: format!("cannot render service {name} for {server}: {e}"),
+                        hint: None,
+                    });
+                    continue;
+                }
+            };
+            let mut first = true;
+            for f in files.files() {
+                r.steps.push(script::upload(
+                    if first {
+                        "render compose.yml with the new digest".to_string()
+                    } else {
+                        format!("upload {}", f.summary)
+                    },
+                    &t,
+                    f.path,
+                    f.mode,
+                    payload(f.bytes, f.summary),
+                ));
+                first = false;
+            }
             r.steps.push(script::run(
                 "start",
                 &t,
-                script::compose_up_script(&dir, &project),
+                format!(
+                    "set -eu\n{}\n",
+                    files.compose_command(&[
+                        "up",
+                        "--detach",
+                        "--no-build",
+                        "--pull",
+                        "never",
+                        "--remove-orphans",
+                    ])
+                ),
                 None,
                 Duration::from_secs(120),
                 true,
@@ -314,24 +350,8 @@ pub(super) fn plan_services(
     out
 }
 
-/// compose.yml of a shared service. (interim: drivers' renderer)
-fn shared_compose(s: &SharedService, container: &str, image: &str, volume: &str) -> String {
-    let q = |v: &str| serde_json::to_string(v).expect("string");
-    let mount = match s.driver.as_str() {
-        "postgres18" => "/var/lib/postgresql",
-        "valkey8" => "/data",
-        _ => "/data",
-    };
-    let mut c = format!(
-        "services:\n  {name}:\n    image: {image}\n    container_name: {container}\n    restart: unless-stopped\n    volumes: [{vol}]\n",
-        name = s.name,
-        image = q(image),
-        container = q(container),
-        vol = q(&format!("{volume}:{mount}")),
-    );
-    if let Some(p) = s.port {
-        c.push_str(&format!("    ports: [{}]\n", q(&format!("{p}:{p}"))));
-    }
-    c.push_str(&format!("volumes:\n  {volume}:\n    external: true\n"));
-    c
+/// The routes a gateway service's config file starts with: every gateway attachment to it, with
+/// no upstreams yet (cutovers set them through the admin API).
+fn gateway_routes(model: &Model, service: &str) -> Vec<crate::drivers::caddy2::Route> {
+    crate::drivers::caddy2::routes(model, service, &std::collections::BTreeMap::new())
 }
