@@ -162,17 +162,16 @@ pub fn valkey_indexes(
 
 /// The generated password of a Postgres slice's role, as a placeholder the executor fills.
 pub fn postgres_password(slice: &SliceKey) -> Sensitive {
-    Sensitive::new(Placeholder::generated(&format!(
-        "postgres/{}/{}/{}/password",
-        slice.service, slice.app, slice.env
-    )))
+    Sensitive::new(Placeholder::generated(
+        &drivers::postgres18::slice_password_key(slice),
+    ))
 }
 
 /// The admin credentials of a Postgres service, as placeholders.
 pub fn postgres_admin(service: &str) -> drivers::Credentials {
-    drivers::postgres18::admin_credentials(Sensitive::new(Placeholder::generated(&format!(
-        "postgres/{service}/admin/password"
-    ))))
+    drivers::postgres18::admin_credentials(Sensitive::new(Placeholder::generated(
+        &drivers::postgres18::admin_password_key(service),
+    )))
 }
 
 /// The facts drivers need: Valkey indexes and Postgres passwords (placeholders).
