@@ -1,0 +1,241 @@
+//! The deploy end-to-end tests' lab: brings the lab up when it is down, serialises every test
+//! that deploys to it (a file lock shared by all test binaries, and a mutex within one), copies
+//! examples/config-repo into a git repository with the lab's host keys pinned, runs the real
+//! `keystone apply` binary, and looks at the hosts over ssh.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+pub const HOSTS: [&str; 4] = ["build-1", "web-1", "web-2", "db-1"];
+pub const LOCK_FILE: &str = "/tmp/keystone-lab-deploy.lock";
+
+pub fn lab_script() -> String {
+    format!("{ROOT}/scripts/lab")
+}
+
+/// `scripts/lab up` unless `scripts/lab status` says everything is up; then `scripts/lab env`.
+pub fn lab_env() -> Value {
+    static ENV: OnceLock<Value> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let status = Command::new(lab_script()).arg("status").output();
+        if !status.is_ok_and(|s| s.status.success()) {
+            let t = Instant::now();
+            let up = Command::new(lab_script())
+                .arg("up")
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run scripts/lab up: {e}"));
+            assert!(
+                up.status.success(),
+                "scripts/lab up failed (run bash scripts/setup.d/30-lab.sh as root; it needs scripts/setup.d/05-peers.sh):\n{}{}",
+                String::from_utf8_lossy(&up.stdout),
+                String::from_utf8_lossy(&up.stderr)
+            );
+            eprintln!("[deploy] scripts/lab up took {:.1?}", t.elapsed());
+        }
+        let out = Command::new(lab_script()).arg("env").output().expect("scripts/lab env");
+        assert!(out.status.success(), "scripts/lab env: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("scripts/lab env prints JSON")
+    })
+    .clone()
+}
+
+/// Held by a test for as long as it uses the lab.
+pub struct LabLock {
+    _file: File,
+    _guard: MutexGuard<'static, ()>,
+}
+
+pub fn lock() -> LabLock {
+    static IN_PROCESS: Mutex<()> = Mutex::new(());
+    let guard = IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner());
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_FILE)
+        .expect("open the lab lock file");
+    let t = Instant::now();
+    file.lock().expect("lock the lab");
+    if t.elapsed() > Duration::from_secs(1) {
+        eprintln!("[deploy] waited {:.1?} for the lab lock", t.elapsed());
+    }
+    LabLock {
+        _file: file,
+        _guard: guard,
+    }
+}
+
+/// Run a command on a lab host (`scripts/lab ssh`, strict host key checking).
+pub fn ssh(host: &str, script: &str) -> std::process::Output {
+    Command::new(lab_script())
+        .args(["ssh", host, script])
+        .output()
+        .expect("scripts/lab ssh")
+}
+
+/// `ssh`, asserting success; stdout.
+pub fn ssh_ok(host: &str, script: &str) -> String {
+    let out = ssh(host, script);
+    assert!(
+        out.status.success(),
+        "on {host}: `{script}` failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Remove every container, volume and Keystone directory from the lab hosts (a clean start).
+pub fn reset_hosts() {
+    for h in HOSTS {
+        ssh_ok(
+            h,
+            "ids=$(docker ps -aq); [ -z \"$ids\" ] || docker rm -f $ids >/dev/null; docker volume prune -af >/dev/null; rm -rf /home/keystone/services /home/keystone/apps /home/keystone/gateway /home/keystone/operations /home/keystone/environments",
+        );
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Keystone Test",
+            "-c",
+            "user.email=test@keystone.invalid",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A config repository (copy of examples/config-repo, host keys pinned) and a state directory.
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Deployment {
+    pub fn new() -> Deployment {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("config");
+        let out = Command::new("cp")
+            .args(["-r", &format!("{ROOT}/examples/config-repo")])
+            .arg(&repo)
+            .output()
+            .expect("cp");
+        assert!(out.status.success());
+        let pin = Command::new(lab_script())
+            .arg("pin")
+            .arg(&repo)
+            .output()
+            .expect("pin");
+        assert!(
+            pin.status.success(),
+            "scripts/lab pin: {}",
+            String::from_utf8_lossy(&pin.stderr)
+        );
+        git(&repo, &["init", "-q", "-b", "main"]);
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-qm", "example config"]);
+        let state = dir.path().join("state");
+        Deployment { dir, repo, state }
+    }
+
+    /// Rewrite a file of the config repository and commit it.
+    pub fn edit(&self, file: &str, f: impl FnOnce(String) -> String) {
+        let path = self.repo.join(file);
+        let text = std::fs::read_to_string(&path).expect("read config file");
+        let new = f(text.clone());
+        assert_ne!(text, new, "the edit of {file} changed nothing");
+        std::fs::write(&path, new).expect("write config file");
+        git(&self.repo, &["commit", "-qam", &format!("edit {file}")]);
+    }
+
+    /// `keystone apply` of the repository's HEAD; (exit code, stdout + stderr).
+    pub fn apply(&self) -> (i32, String) {
+        let env = lab_env();
+        let t = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_keystone"))
+            .arg("apply")
+            .arg("--repo")
+            .arg(&self.repo)
+            .arg("--state")
+            .arg(&self.state)
+            .args(["--ssh-key", env["client_key"].as_str().unwrap()])
+            .arg("--age-key-file")
+            .arg(format!("{ROOT}/examples/config-repo/TEST-ONLY-age-key.txt"))
+            .output()
+            .expect("run keystone apply");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "[deploy] keystone apply took {:.1?} (exit {:?})",
+            t.elapsed(),
+            out.status.code()
+        );
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// The state, opened after `keystone apply` exited (it holds the lock while running).
+    pub fn state(&self) -> keystone::state::State {
+        keystone::state::State::open(&self.state)
+            .expect("open state")
+            .with_identity(
+                keystone::state::load_identity(Path::new(&format!(
+                    "{ROOT}/examples/config-repo/TEST-ONLY-age-key.txt"
+                )))
+                .expect("age identity"),
+            )
+    }
+}
+
+/// One HTTP/1.1 GET through the gateway on web-1 with the given Host header: (status, body).
+pub fn http_get(host_header: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &"10.77.0.12:80".parse().unwrap(),
+        Duration::from_secs(5),
+    )
+    .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "no HTTP status in {:?}",
+                text.chars().take(200).collect::<String>()
+            )
+        })?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
