@@ -131,7 +131,7 @@ fn main() {
     let target = Target::Server("web-1".into());
     let (first, per_step) = rt.block_on(async {
         let one = || async {
-            let mut out = Output::discard(Redactor::none());
+            let mut out = Output::discard(Redactor::new());
             let t = Instant::now();
             let code = transport
                 .run(&target, "true", None, Duration::from_secs(30), &mut out)
@@ -152,7 +152,7 @@ fn main() {
     let exec = Executor::new(
         transport.clone(),
         Arc::new(NoObserver),
-        Redactor::none(),
+        Redactor::new(),
         ExecuteOptions::default(),
     );
     let mut plan = host_op("web-1", n_steps);
@@ -201,7 +201,7 @@ fn main() {
         let exec = Executor::new(
             transport,
             Arc::new(NoObserver),
-            Redactor::none(),
+            Redactor::new(),
             ExecuteOptions::default(),
         );
         let tree = Operation {

@@ -179,7 +179,7 @@ async fn apply(
         transport,
         state,
         observer,
-        redactor: Redactor::none(),
+        redactor: Redactor::new(),
         options: ExecuteOptions::default(),
         values: None,
         digests: None,

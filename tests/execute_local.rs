@@ -13,7 +13,7 @@ use keystone::plan::{Children, Operation, OperationKind, Step, StepAction, Targe
 async fn runs_sh_streams_both_outputs_and_feeds_binary_stdin() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
-    let mut out = Output::new(Redactor::none(), move |stream, text| {
+    let mut out = Output::new(Redactor::new(), move |stream, text| {
         sink.lock().unwrap().push((stream, text.to_string()))
     });
     let input: Vec<u8> = (0..=255u8).collect();
@@ -67,7 +67,7 @@ async fn a_timed_out_step_leaves_no_process_behind() {
     let exec = Executor::new(
         Arc::new(LocalTransport),
         Arc::new(NoObserver),
-        Redactor::none(),
+        Redactor::new(),
         ExecuteOptions::default(),
     );
     let report = exec.execute(&op, &Shutdown::new()).await;

@@ -207,7 +207,7 @@ struct Harness {
 }
 
 fn harness(options: ExecuteOptions) -> Harness {
-    harness_with(options, Redactor::none())
+    harness_with(options, Redactor::new())
 }
 
 fn harness_with(options: ExecuteOptions, redactor: Redactor) -> Harness {
@@ -220,6 +220,12 @@ fn harness_with(options: ExecuteOptions, redactor: Redactor) -> Harness {
         options,
     );
     Harness { rec, log, exec }
+}
+
+fn redacting(secret: &str) -> Redactor {
+    let r = Redactor::new();
+    r.add(secret);
+    r
 }
 
 fn fast() -> ExecuteOptions {
@@ -789,7 +795,7 @@ async fn captures_fill_later_scripts_and_payloads_and_filled_secrets_are_redacte
     let exec = Executor::new(
         Arc::new(RecordingTransport(rec.clone())),
         log.clone(),
-        Redactor::none(),
+        Redactor::new(),
         fast(),
     )
     .with_values(Arc::new(TestValues));
@@ -926,7 +932,7 @@ async fn resolve_digest_steps_capture_what_the_resolver_answers() {
     let exec = Executor::new(
         Arc::new(RecordingTransport(rec.clone())),
         Arc::new(Log::default()),
-        Redactor::none(),
+        Redactor::new(),
         fast(),
     )
     .with_digest_resolver(Arc::new(FixedDigest));
@@ -983,7 +989,7 @@ async fn resolve_digest_steps_capture_what_the_resolver_answers() {
 
 #[tokio::test]
 async fn output_reaches_observers_only_redacted() {
-    let h = harness_with(fast(), Redactor::new(|s| s.replace("s3cret", "[redacted]")));
+    let h = harness_with(fast(), redacting("s3cret"));
     let mut leaky = step_on("s1", "print password=s3cret\\n");
     leaky.name = "print the password".into();
     let tree = op("root", None, vec![leaky], vec![]);

@@ -116,7 +116,7 @@ async fn execute(
     let exec = Executor::new(
         transport,
         collect.clone(),
-        Redactor::none(),
+        Redactor::new(),
         ExecuteOptions {
             width: 8,
             backoff: Duration::from_millis(100),
@@ -456,7 +456,7 @@ async fn concurrent_steps_on_one_host_are_bounded_below_max_sessions() {
         let target = target.clone();
         tokio::spawn(async move {
             use keystone::execute::{Output, Transport};
-            let mut out = Output::discard(Redactor::none());
+            let mut out = Output::discard(Redactor::new());
             let code = transport
                 .run(&target, &script, None, Duration::from_secs(30), &mut out)
                 .await

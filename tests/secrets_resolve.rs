@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keystone::execute::{
-    Event, ExecuteOptions, Executor, LocalTransport, Observer, Observers, Redactor as StepRedactor,
-    Shutdown,
+    Event, ExecuteOptions, Executor, LocalTransport, Observer, Observers, Shutdown,
 };
 use keystone::model::{Origin, SecretRef};
 use keystone::plan::{Children, Operation, OperationKind, Step, StepAction, Target};
@@ -227,7 +226,7 @@ async fn a_step_printing_a_secret_is_stored_and_printed_redacted() {
     let exec = Executor::new(
         Arc::new(LocalTransport),
         Arc::new(Observers(vec![recorder.clone(), printer.clone()])),
-        StepRedactor::new(move |s| redactor.redact(s).into_owned()),
+        redactor,
         ExecuteOptions::default(),
     );
     exec.execute(&tree, &Shutdown::new()).await;

@@ -102,7 +102,8 @@ async fn an_execution_is_recorded_with_order_status_errors_and_redacted_output()
             ),
         ],
     );
-    let redactor = Redactor::new(|s| s.replace("tok-SECRET-1", "[redacted]"));
+    let redactor = Redactor::new();
+    redactor.add("tok-SECRET-1");
     let rec = execute(&state, &tree, redactor).await;
     assert_eq!(rec.status, Status::Failed);
     assert_eq!(rec.environment.as_deref(), Some("shop/production"));
@@ -197,7 +198,7 @@ async fn output_is_capped_keeping_head_and_tail() {
         )],
         vec![],
     );
-    let rec = execute(&state, &tree, Redactor::none()).await;
+    let rec = execute(&state, &tree, Redactor::new()).await;
     let out = rec.operations[0].steps[0].output.clone().unwrap();
     assert_eq!(out.total_bytes, 300_000);
     assert_eq!(out.head.len(), 64 * 1024);
@@ -245,7 +246,7 @@ async fn what_a_dead_process_left_running_is_interrupted_on_open() {
         let exec = Executor::new(
             Arc::new(LocalTransport),
             watcher.clone(),
-            Redactor::none(),
+            Redactor::new(),
             ExecuteOptions::default(),
         );
         // Abandon the execution while `sleep 30` runs, the way a killed process would: its
@@ -500,4 +501,91 @@ fn rusqlite_free_read(dir: &std::path::Path) -> Vec<u8> {
     let conn = rusqlite::Connection::open(dir.join("state.sqlite3")).unwrap();
     conn.query_row("SELECT ciphertext FROM credentials", [], |r| r.get(0))
         .unwrap()
+}
+
+#[tokio::test]
+async fn secret_and_generated_placeholders_are_filled_from_secrets_and_state_and_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/config-repo/TEST-ONLY-age-key.txt"
+    );
+    let state = Arc::new(
+        State::open(&dir.path().join("state"))
+            .unwrap()
+            .with_identity(load_identity(std::path::Path::new(key_file)).unwrap()),
+    );
+    let values = Arc::new(keystone::state::StateValues::new(
+        state.clone(),
+        |path| match path {
+            "registry.password" => Ok("reg-Secret-991".to_string()),
+            other => Err(format!("no secret {other}")),
+        },
+    ));
+    let env_file = dir.path().join("srv/.env");
+    let payload = |bytes: &[u8]| Payload {
+        bytes: bytes.to_vec(),
+        summary: "payload".into(),
+        sha256: String::new(),
+    };
+    let tree = op(
+        "env",
+        vec![
+            Step {
+                name: "upload .env".into(),
+                target: Target::Local,
+                action: StepAction::Upload {
+                    path: env_file.display().to_string(),
+                    mode: 0o600,
+                    contents: payload(b"DB_PASSWORD={{generated:main-postgres/shop}}\n"),
+                },
+                timeout: Duration::from_secs(5),
+                idempotent: true,
+                capture: None,
+            },
+            Step {
+                name: "login".into(),
+                target: Target::Local,
+                action: StepAction::Run {
+                    script: format!(
+                        "read pw; echo \"got $pw\"; cat {}",
+                        keystone::shell::quote(env_file.to_str().unwrap())
+                    ),
+                    stdin: Some(payload(b"{{secret:registry.password}}\n")),
+                },
+                timeout: Duration::from_secs(5),
+                idempotent: false,
+                capture: None,
+            },
+        ],
+        vec![],
+    );
+    let id = state.begin_execution(None, None, &tree).unwrap();
+    let recorder = Arc::new(state.recorder(id));
+    let redactor = Redactor::new();
+    let exec = Executor::new(
+        Arc::new(LocalTransport),
+        recorder.clone(),
+        redactor.clone(),
+        ExecuteOptions::default(),
+    )
+    .with_values(values);
+    let report = exec.execute(&tree, &Shutdown::new()).await;
+    assert!(report.converged(), "{report:?}");
+    let generated = state.generated("main-postgres/shop").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&env_file).unwrap(),
+        format!("DB_PASSWORD={generated}\n")
+    );
+    let stored = state.execution(id).unwrap().unwrap().operations[0].steps[1]
+        .output
+        .clone()
+        .unwrap()
+        .text();
+    assert_eq!(stored, "got [redacted]\nDB_PASSWORD=[redacted]\n");
+    // The caller's redactor now hides them too (status files, logs).
+    assert_eq!(
+        redactor.redact(&format!("x {generated} reg-Secret-991")),
+        "x [redacted] [redacted]"
+    );
 }

@@ -208,7 +208,6 @@ impl Executor {
             shutdown: shutdown.clone(),
             halted: AtomicBool::new(false),
             captures: Mutex::new(captures),
-            filled_secrets: Arc::new(Mutex::new(Vec::new())),
         };
         let report = run.operation(root).await;
         self.observer.on_event(&Event::ExecutionFinished {
@@ -227,8 +226,6 @@ struct Run<'e> {
     /// Set by the first failure: nothing new starts afterwards.
     halted: AtomicBool,
     captures: Mutex<BTreeMap<String, String>>,
-    /// Secret and generated values filled into payloads so far: redacted from all output.
-    filled_secrets: Arc<Mutex<Vec<String>>>,
 }
 
 enum Attempt {
@@ -418,7 +415,7 @@ impl<'e> Run<'e> {
             });
             let started = Instant::now();
             let observer = &self.exec.observer;
-            let mut out = Output::new(self.redactor(), |stream, text| {
+            let mut out = Output::new(self.exec.redactor.clone(), |stream, text| {
                 observer.on_event(&Event::StepOutput {
                     op,
                     index,
@@ -498,21 +495,6 @@ impl<'e> Run<'e> {
         }
     }
 
-    /// The caller's redactor, then every secret value this execution filled in so far.
-    fn redactor(&self) -> Redactor {
-        let base = self.exec.redactor.clone();
-        let filled = self.filled_secrets.clone();
-        Redactor::new(move |text| {
-            let mut text = base.redact(text);
-            for secret in filled.lock().unwrap().iter() {
-                if !secret.is_empty() && text.contains(secret.as_str()) {
-                    text = text.replace(secret.as_str(), "[redacted]");
-                }
-            }
-            text
-        })
-    }
-
     fn capture(&self, step: &Step, out: &Output<'_>) -> Result<(), String> {
         let Some(name) = &step.capture else {
             return Ok(());
@@ -534,7 +516,13 @@ impl<'e> Run<'e> {
         let transport = &self.exec.transport;
         let values = &*self.exec.values;
         let permanent = |e: super::placeholders::FillError| (e.to_string(), true);
-        let remember = |secrets: Vec<String>| self.filled_secrets.lock().unwrap().extend(secrets);
+        // Secret and generated values filled into a payload join the redaction set (shared with
+        // the caller, so they are hidden from status files and logs too).
+        let remember = |secrets: Vec<String>| {
+            for s in secrets {
+                self.exec.redactor.add(&s);
+            }
+        };
         let work = async {
             match &step.action {
                 StepAction::Run { script, stdin } => {

@@ -4,8 +4,6 @@
 //! Transports only ever see an `Output`; the redactor sits inside it, so no transport can hand
 //! unredacted text to anyone.
 
-use std::sync::Arc;
-
 /// Which stream of the remote process a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stream {
@@ -22,31 +20,8 @@ impl Stream {
     }
 }
 
-/// Replaces secret values in a piece of text. `secrets::Redactor` plugs in through
-/// `Redactor::new(move |s| redactor.redact(s))`.
-#[derive(Clone)]
-pub struct Redactor(Arc<dyn Fn(&str) -> String + Send + Sync>);
-
-impl Redactor {
-    pub fn new(f: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
-        Self(Arc::new(f))
-    }
-
-    /// Leaves text as it is: for plans that carry no secrets (tests, benches).
-    pub fn none() -> Self {
-        Self::new(|s| s.to_string())
-    }
-
-    pub fn redact(&self, text: &str) -> String {
-        (self.0)(text)
-    }
-}
-
-impl std::fmt::Debug for Redactor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Redactor")
-    }
-}
+/// The redaction set (`secrets::Redactor`): every chunk passes through it before anyone sees it.
+pub use crate::secrets::Redactor;
 
 /// Default cap of each of the head and the tail kept of a step's output.
 pub const DEFAULT_KEEP: usize = 64 * 1024;
@@ -190,7 +165,8 @@ impl<'a> Output<'a> {
     }
 
     fn emit(&mut self, stream: Stream, bytes: &[u8]) {
-        let text = self.redactor.redact(&String::from_utf8_lossy(bytes));
+        let raw = String::from_utf8_lossy(bytes);
+        let text = self.redactor.redact(&raw).into_owned();
         self.combined.push(&text);
         match stream {
             Stream::Stdout => self.stdout.push(&text),
@@ -247,10 +223,11 @@ mod tests {
     fn redacts_whole_lines_even_when_a_secret_spans_chunks() {
         let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
-        let mut out = Output::new(
-            Redactor::new(|s| s.replace("hunter2", "[redacted]")),
-            move |stream, text| sink.lock().unwrap().push((stream, text.to_string())),
-        );
+        let redactor = Redactor::new();
+        redactor.add("hunter2");
+        let mut out = Output::new(redactor, move |stream, text| {
+            sink.lock().unwrap().push((stream, text.to_string()))
+        });
         out.push(Stream::Stdout, b"password is hun");
         out.push(Stream::Stdout, b"ter2\nnext");
         out.push(Stream::Stderr, b"oops hunter2\n");

@@ -76,7 +76,7 @@ pub type Result<T, E = StateError> = std::result::Result<T, E>;
 type KeyedJson = (String, String);
 
 /// Looks a secret up by `file.dotted.key`.
-type SecretLookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+type SecretLookup = Box<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
 
 /// The id of one execution (one run of a plan) in the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -482,7 +482,7 @@ pub struct StateValues {
 impl StateValues {
     pub fn new(
         state: std::sync::Arc<State>,
-        secrets: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+        secrets: impl Fn(&str) -> Result<String, String> + Send + Sync + 'static,
     ) -> Self {
         Self {
             state,
@@ -491,9 +491,33 @@ impl StateValues {
     }
 }
 
+impl StateValues {
+    /// Secrets from a `secrets::Resolver` (the config commit's secret files), by
+    /// `file.dotted.key`.
+    pub fn from_resolver(
+        state: std::sync::Arc<State>,
+        resolver: std::sync::Arc<crate::secrets::Resolver>,
+    ) -> Self {
+        Self::new(state, move |path| {
+            let (file, key) = path
+                .split_once('.')
+                .ok_or_else(|| format!("{path:?} is not `file.key`"))?;
+            let reference = crate::model::SecretRef {
+                file: file.to_string(),
+                key_path: key.split('.').map(str::to_string).collect(),
+                origin: crate::model::Origin::default(),
+            };
+            resolver
+                .resolve(&reference)
+                .map(|v| v.expose().to_string())
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 impl crate::execute::Values for StateValues {
     fn secret(&self, path: &str) -> Result<String, String> {
-        (self.secrets)(path).ok_or_else(|| format!("no secret {path} among the decrypted secrets"))
+        (self.secrets)(path)
     }
 
     fn generated(&self, key: &str) -> Result<String, String> {
