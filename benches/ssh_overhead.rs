@@ -82,7 +82,15 @@ fn main() {
         .build()
         .unwrap();
     let ssh_config = lab.env["ssh_config"].as_str().unwrap().to_string();
-    println!("ssh_overhead ({} run)", if full { "full" } else { "short" });
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "ssh_overhead ({} run; load average {})",
+        if full { "full" } else { "short" },
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
 
     // Plain ssh, a new connection per command.
     let plain: Vec<Duration> = (0..n_plain)
@@ -100,19 +108,23 @@ fn main() {
     let ctl = tempfile::tempdir().unwrap();
     let control = ["-o", "ControlMaster=auto", "-o", "ControlPersist=30"];
     let path = format!("ControlPath={}/m", ctl.path().display());
-    let mux = |_: usize| {
+    let mux = |command: &str| {
         let t = Instant::now();
         let ok = Command::new("ssh")
             .args(["-F", &ssh_config])
             .args(control)
-            .args(["-o", &path, "web-1", "true"])
+            .args(["-o", &path, "web-1", command])
             .status()
             .unwrap();
         assert!(ok.success());
         t.elapsed()
     };
-    mux(0);
-    let plain_mux: Vec<Duration> = (0..n_mux).map(mux).collect();
+    mux("true");
+    let plain_mux: Vec<Duration> = (0..n_mux).map(|_| mux("true")).collect();
+    // What Keystone's transport sends for `true` (the server-side timeout bound), for comparison.
+    let wrapped_mux: Vec<Duration> = (0..n_mux)
+        .map(|_| mux("exec timeout -k 5 32 sh -c true"))
+        .collect();
     let _ = Command::new("ssh")
         .args(["-F", &ssh_config, "-o", &path, "-O", "exit", "web-1"])
         .stderr(std::process::Stdio::null())
@@ -170,7 +182,11 @@ fn main() {
     );
     println!(
         "  plain `ssh web-1 true`, OpenSSH ControlMaster: median {} over {n_mux}",
-        ms(median(plain_mux.clone()))
+        ms(median(plain_mux))
+    );
+    println!(
+        "  plain ssh, ControlMaster, the transport's wrapped `exec timeout -k 5 32 sh -c true`: median {} over {n_mux}",
+        ms(median(wrapped_mux))
     );
     println!(
         "  keystone ssh transport, first command (connect + run): {}",
