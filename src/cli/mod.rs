@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod apply;
+mod render;
 mod secrets;
 mod status;
 mod validate;
@@ -32,6 +33,8 @@ enum Command {
     /// Print the status branch: every environment's sync, health and last operation.
     Status(status::Args),
     /// SOPS/age secret files: decrypt, encrypt, set, edit (compatible with `sops`).
+    /// Print (or write under --out) the exact files each server would receive for APP/ENV.
+    Render(render::Args),
     Secrets(secrets::Args),
     /// Check a config repository (a directory or a commit) and report every problem.
     Validate(validate::Args),
@@ -53,6 +56,7 @@ pub fn main() -> ExitCode {
     let result: anyhow::Result<ExitCode> = match cli.command {
         Command::Apply(args) => apply::run(args),
         Command::Status(args) => status::run(args),
+        Command::Render(args) => render::run(args),
         Command::Secrets(args) => secrets::run(args),
         Command::Validate(args) => validate::run(args),
     };
