@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use keystone::execute::{
-    Event, ExecuteOptions, Observer, PlanRun, Redactor, Shutdown, SshSettings, Transports,
+    Event, ExecuteOptions, Observer, PlanRun, Shutdown, SshSettings, Transports,
 };
 use keystone::model::{Model, SecretRef, Value};
 use keystone::plan::{self, Desired, EnvironmentStatus, Finding, PlanContext, ScopedFinding};
@@ -141,16 +141,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         model,
         SshSettings::new(args.state.join("ssh"), identity),
     ));
-    let redact = redactor.clone();
     let secret_values = values.clone();
     let run = PlanRun {
         transport,
         state: state.clone(),
         observer: Arc::new(PrintSteps),
-        redactor: Redactor::new(move |t| redact.redact(t).into_owned()),
+        redactor: redactor.clone(),
         options: ExecuteOptions::default(),
         values: Some(Arc::new(StateValues::new(state.clone(), move |p| {
-            secret_values.get(p).cloned()
+            secret_values
+                .get(p)
+                .cloned()
+                .ok_or_else(|| format!("no secret {p} among the decrypted secrets"))
         }))),
         digests: Some(Arc::new(registries(model, &values))),
     };
