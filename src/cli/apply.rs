@@ -158,6 +158,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let shutdown = Shutdown::new();
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    // Ctrl-C or SIGTERM: nothing new starts, running steps get the grace period, and what is
+    // still running then is recorded as interrupted.
+    let trigger = shutdown.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("keystone: stopping: nothing new starts; running steps get 30 s to finish");
+        trigger.trigger();
+    });
     let outcome = rt.block_on(keystone::execute::run_plan(
         &plan,
         Some(model),
