@@ -283,7 +283,10 @@ fn the_example_app_builds_runs_and_answers_through_caddy() {
     );
     let app_port = published_port(lab, "web-2", &app, "8080/tcp");
     let app_addr = format!("10.77.0.13:{app_port}");
-    assert!(wait_until(20, || std::net::TcpStream::connect(&app_addr).is_ok()));
+    assert!(
+        lab::wait_http(30, &app_addr, "/up", &[], 200),
+        "the app never answered /up"
+    );
     let (code, _, body) = lab::http("GET", &app_addr, "/up", &[]);
     assert_eq!((code, body.as_str()), (200, "ok\n"));
     let version = std::fs::read_to_string(lab.repo.join("examples/app-source/VERSION")).unwrap();
@@ -332,10 +335,11 @@ fn the_example_app_builds_runs_and_answers_through_caddy() {
         "10.77.0.13:{}",
         published_port(lab, "web-2", &broken, "8080/tcp")
     );
-    assert!(wait_until(20, || std::net::TcpStream::connect(
-        &broken_addr
-    )
-    .is_ok()));
+    // It serves / but never /up.
+    assert!(
+        lab::wait_http(30, &broken_addr, "/", &[], 200),
+        "the broken replica never answered /"
+    );
     assert_eq!(lab::http("GET", &broken_addr, "/up", &[]).0, 404);
 
     // Caddy on web-1: admin API on the host's loopback only, configured with the host's curl.

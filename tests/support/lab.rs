@@ -244,15 +244,28 @@ pub fn nonce() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// A plain HTTP/1.0 request from this machine; (status code, headers, body).
+/// A plain HTTP/1.0 request from this machine; (status code, headers, body). Panics on failure.
 pub fn http(
     method: &str,
     addr: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    try_http(method, addr, path, headers)
+        .unwrap_or_else(|e| panic!("{method} http://{addr}{path}: {e}"))
+}
+
+/// A plain HTTP/1.0 request; an error when nothing answered with an HTTP response (note that a
+/// published Docker port accepts connections before the container listens).
+pub fn try_http(
+    method: &str,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String, String), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(70)))
+        .map_err(|e| e.to_string())?;
     let mut req = format!("{method} {path} HTTP/1.0\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str(&format!("Host: {addr}\r\n"));
@@ -261,16 +274,25 @@ pub fn http(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
+    let resp = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
     let code = head
-        .split_whitespace()
-        .nth(1)
+        .strip_prefix("HTTP/")
+        .and_then(|rest| rest.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response from {addr}{path}: {resp:?}"));
-    (code, head.to_owned(), body.to_owned())
+        .ok_or_else(|| format!("not an HTTP response: {resp:?}"))?;
+    Ok((code, head.to_owned(), body.to_owned()))
+}
+
+/// Poll until `GET path` on `addr` answers with `code`, for at most `secs` seconds.
+pub fn wait_http(secs: u64, addr: &str, path: &str, headers: &[(&str, &str)], code: u16) -> bool {
+    wait_until(secs, || {
+        try_http("GET", addr, path, headers).is_ok_and(|r| r.0 == code)
+    })
 }
 
 /// Poll `f` every 200 ms until it returns true or `secs` pass.
