@@ -115,10 +115,29 @@ build_caddy() {
     push_image "$ref" caddy
 }
 
+# On a cold machine, start debootstrap in the background as soon as possible (right after the
+# registry is up), so it overlaps with bringing up the hosts and building base and caddy.
+ROOTFS_PID=
+start_rootfs_prefetch() {
+    local tar
+    [ -n "$(registry_digest standin/postgres 18)" ] && [ -n "$(registry_digest standin/valkey 8)" ] && return 0
+    tar=$(rootfs_tarball)
+    [ -s "$tar" ] && return 0
+    (
+        exec 9>&-
+        build_rootfs "$tar"
+    ) &
+    ROOTFS_PID=$!
+}
+
 # The imported rootfs as a local image on build-1 (never pushed by itself).
 ensure_rootfs_image() {
     local tar ref
     tar=$(rootfs_tarball)
+    if [ -n "$ROOTFS_PID" ]; then
+        wait "$ROOTFS_PID" || die "building the rootfs failed; see $CACHE/debootstrap.log"
+        ROOTFS_PID=
+    fi
     ref="keystone-lab/rootfs:$(basename "$tar" .tar | sed 's/^rootfs-//; s/[^A-Za-z0-9_.-]/_/g' | cut -c1-120)"
     if ! b1docker image inspect "$ref" >/dev/null 2>&1; then
         [ -s "$tar" ] || build_rootfs "$tar"
