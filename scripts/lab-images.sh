@@ -24,9 +24,12 @@ debian_mirror() {
         return
     fi
     local url
-    url=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
-        sed -n -E 's/^(deb[[:space:]]+(\[[^]]*\][[:space:]]+)?|URIs:[[:space:]]+)([a-z]+:\/\/[^[:space:]]+).*/\3/p' |
-        grep -v -E 'security|cloud\.google|nodesource' | head -n1)
+    local f files=()
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] && files+=("$f")
+    done
+    url=$(sed -n -E 's/^(deb[[:space:]]+(\[[^]]*\][[:space:]]+)?|URIs:[[:space:]]+)([a-z]+:\/\/[^[:space:]]+).*/\3/p' \
+        "${files[@]}" /dev/null | { grep -v -E 'security|cloud\.google|nodesource' || true; } | sed -n 1p)
     [ -n "$url" ] || die "no Debian mirror in /etc/apt/sources.list*; set KEYSTONE_LAB_MIRROR"
     echo "$url"
 }
