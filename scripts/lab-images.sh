@@ -190,5 +190,50 @@ build_standins() { # [--force]
         esac
         built=$((built + 1))
     done
-    [ "$built" = 0 ] || log "images: $built stand-in image(s) built and pushed in $((SECONDS - t0)) s"
+    if [ "$built" != 0 ]; then
+        log "images: $built stand-in image(s) built and pushed in $((SECONDS - t0)) s"
+        save_registry_seed
+    fi
+}
+
+# After `scripts/lab down` the registry starts empty. Rather than building the same images again,
+# a fresh registry starts from a copy of its storage taken right after the stand-ins were pushed
+# (same blobs, same digests), kept in $CACHE and keyed by everything the images are made of.
+seed_key() {
+    {
+        echo "rootfs $(basename "$(rootfs_tarball)")"
+        sha256sum "$(readlink -f "$(command -v busybox)")" "$(readlink -f /usr/local/bin/caddy)" | cut -d' ' -f1
+        find "$FIXTURES" -type f -print0 | sort -z | xargs -0 sha256sum | cut -d' ' -f1
+    } | sha256sum | cut -c1-16
+}
+
+save_registry_seed() {
+    local key seed
+    key=$(seed_key)
+    seed="$CACHE/registry-seed-$key"
+    [ -d "$seed" ] && return 0
+    rm -rf "$CACHE"/registry-seed-*
+    # Only the standin/* repositories and the blobs their link files name.
+    local src=$STATE/registry/data/docker/registry/v2 dst=$seed.tmp/docker/registry/v2 hex
+    mkdir -p "$dst/repositories" "$dst/blobs/sha256"
+    cp -a "$src/repositories/standin" "$dst/repositories/"
+    for hex in $(find "$dst/repositories/standin" -name link -exec awk 1 {} + | sed -n 's/^sha256://p' | sort -u); do
+        mkdir -p "$dst/blobs/sha256/${hex:0:2}"
+        cp -a "$src/blobs/sha256/${hex:0:2}/$hex" "$dst/blobs/sha256/${hex:0:2}/"
+    done
+    mv "$seed.tmp" "$seed"
+    log "images: registry storage with the stand-ins cached as $seed"
+}
+
+# Called before the registry starts: seed an empty storage from the cache.
+restore_registry_seed() {
+    local key seed data=$STATE/registry/data
+    [ -d "$data/docker" ] && return 0
+    compgen -G "$CACHE/registry-seed-*" >/dev/null || return 0
+    key=$(seed_key)
+    seed="$CACHE/registry-seed-$key"
+    [ -d "$seed" ] || return 0
+    mkdir -p "$data"
+    cp -a "$seed/." "$data/"
+    log "images: registry storage seeded from $seed"
 }
