@@ -370,6 +370,7 @@ pub fn resolve_plain(s: &str) -> Result<Scalar, String> {
     let first = s.as_bytes()[0];
     if first == b'.' {
         if let Ok(f) = s.parse::<f64>()
+            && f.is_finite()
             && is_yaml_float(s)
         {
             return Ok(Scalar::Float(f));
@@ -392,8 +393,10 @@ pub fn resolve_plain(s: &str) -> Result<Scalar, String> {
         }
         None => {}
     }
+    // Go's ParseFloat fails on overflow (yaml.v3 then keeps the text as a string).
     if is_yaml_float(&plain)
         && let Ok(f) = plain.parse::<f64>()
+        && f.is_finite()
     {
         return Ok(Scalar::Float(f));
     }
@@ -764,8 +767,13 @@ fn emit_value_after(out: &mut String, value: &Node, col: usize, ctx: ValueCtx) {
         }
         Node::Scalar(s) => {
             out.push(' ');
-            out.push_str(&scalar_text(s, false, nested));
-            out.push('\n');
+            let text = scalar_text(s, false, nested);
+            out.push_str(&text);
+            // A block scalar ends with its own line break; libyaml adds none after it (even
+            // when that break is LS or PS).
+            if !text.ends_with(is_break) {
+                out.push('\n');
+            }
         }
     }
 }
@@ -802,6 +810,10 @@ enum Style {
 /// base-60 float) are double-quoted; multi-line strings are literal; the emitter then falls
 /// back (plain → single → double, literal → double) when the text does not allow a style.
 fn string_text(v: &str, key: bool, block_indent: usize) -> String {
+    // yaml.v3 (through sops' node encoding) writes the string `<<` with the merge tag.
+    if v == "<<" && !key {
+        return "!!merge <<".into();
+    }
     let non_str =
         !matches!(resolve_plain(v), Ok(Scalar::Str(_))) || is_old_bool(v) || is_base60_float(v);
     let mut style = if v.contains('\n') {
@@ -826,7 +838,7 @@ fn string_text(v: &str, key: bool, block_indent: usize) -> String {
     }
     match style {
         Style::Plain => v.to_string(),
-        Style::Single => format!("'{}'", v.replace('\'', "''")),
+        Style::Single => single_quoted(v, block_indent),
         Style::Double => double_quoted(v),
         Style::Literal => literal(v, block_indent),
     }
@@ -996,8 +1008,12 @@ fn analyze(v: &str) -> Analysis {
 
 fn double_quoted(v: &str) -> String {
     let mut out = String::from("\"");
+    // yaml.v3's `is_bom` looks at the start of the value, not at the current character: a value
+    // starting with a BOM has every character escaped.
+    let all = v.starts_with('\u{FEFF}');
     for c in v.chars() {
-        let escape = !is_printable(c) || c == '\u{FEFF}' || is_break(c) || c == '"' || c == '\\';
+        let escape =
+            all || !is_printable(c) || c == '\u{FEFF}' || is_break(c) || c == '"' || c == '\\';
         if !escape {
             out.push(c);
             continue;
@@ -1027,9 +1043,38 @@ fn double_quoted(v: &str) -> String {
     out
 }
 
+/// A single-quoted scalar; a line break inside (LS, PS) is written as itself and the next line
+/// starts at the scalar's indentation, as libyaml does.
+fn single_quoted(v: &str, indent: usize) -> String {
+    let mut out = String::from("'");
+    let mut breaks = false;
+    for c in v.chars() {
+        if c == ' ' {
+            out.push(c);
+        } else if is_break(c) {
+            if !breaks && c == '\n' {
+                out.push('\n');
+            }
+            out.push(c);
+            breaks = true;
+        } else {
+            if breaks {
+                push_indent(&mut out, indent);
+            }
+            if c == '\'' {
+                out.push('\'');
+            }
+            out.push(c);
+            breaks = false;
+        }
+    }
+    out.push('\'');
+    out
+}
+
 /// A literal block scalar: header with chomping (and an indentation indicator when the text
-/// starts with a space or a break), then the lines at `indent`. No trailing newline: the
-/// caller adds the one ending the last line.
+/// starts with a space or a break), then the lines at `indent`. It ends with the value's last
+/// break, if any; the caller ends the line otherwise.
 fn literal(v: &str, indent: usize) -> String {
     let mut out = String::from("|");
     let first = v.chars().next();
@@ -1047,7 +1092,8 @@ fn literal(v: &str, indent: usize) -> String {
     let mut at_line_start = true;
     for &c in &chars {
         if is_break(c) {
-            out.push('\n');
+            // libyaml writes a break as itself (LS and PS stay LS and PS).
+            out.push(c);
             at_line_start = true;
         } else {
             if at_line_start {
@@ -1056,11 +1102,6 @@ fn literal(v: &str, indent: usize) -> String {
             }
             out.push(c);
         }
-    }
-    // The emitted text ends with a line break already when the value does; the caller's
-    // newline then would add an empty line, so drop ours.
-    if out.ends_with('\n') {
-        out.pop();
     }
     out
 }
@@ -1129,7 +1170,7 @@ mod tests {
             assert_eq!(string_text(v, false, 4), expected, "{v:?}");
         }
         assert_eq!(string_text("  a\nb", false, 4), "|4-\n      a\n    b");
-        assert_eq!(string_text("x\n\n", false, 4), "|+\n    x\n");
+        assert_eq!(string_text("x\n\n", false, 4), "|+\n    x\n\n");
     }
 
     #[test]
