@@ -225,3 +225,26 @@ pub(crate) fn new_data_key() -> [u8; DATA_KEY_LEN] {
     rand::thread_rng().fill_bytes(&mut key);
     key
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_files_skip_comments_and_name_bad_lines() {
+        let id = age::x25519::Identity::generate();
+        let line = age::secrecy::ExposeSecret::expose_secret(&id.to_string()).to_string();
+        let text = format!("# created: now\n# public key: {}\n\n{line}\n", id.to_public());
+        let ids = Identities::from_text("keys.txt", &text).unwrap();
+        assert_eq!(ids.recipients(), vec![id.to_public().to_string()]);
+        // Debug shows public keys only.
+        assert!(!format!("{ids:?}").contains(&line));
+
+        let err = Identities::from_text("keys.txt", &format!("{line}\nAGE-SECRET-KEY-1NOPE\n"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "keys.txt:2: not an age identity (expected a line starting AGE-SECRET-KEY-1)"
+        );
+    }
+}
