@@ -176,6 +176,7 @@ registry_digest() { # repo tag
 build_standins() { # [--force]
     local force=${1:-} img name tag digest t0=$SECONDS built=0
     mkdir -p "$STATE/images"
+    [ "$force" = --force ] && rm -rf "$CACHE"/registry-seed-*
     for img in "${IMAGES[@]}"; do
         name=${img%%:*} tag=${img##*:}
         digest=$(registry_digest "standin/$name" "$tag")
