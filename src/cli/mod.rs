@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod apply;
+mod migrate;
 mod render;
 mod secrets;
 mod status;
@@ -32,6 +33,8 @@ enum Command {
     Apply(apply::Args),
     /// Print the status branch: every environment's sync, health and last operation.
     Status(status::Args),
+    /// Ask the running daemon to run an environment's migrations now.
+    Migrate(migrate::Args),
     /// SOPS/age secret files: decrypt, encrypt, set, edit (compatible with `sops`).
     /// Print (or write under --out) the exact files each server would receive for APP/ENV.
     Render(render::Args),
@@ -57,6 +60,7 @@ pub fn main() -> ExitCode {
         Command::Apply(args) => apply::run(args),
         Command::Status(args) => status::run(args),
         Command::Render(args) => render::run(args),
+        Command::Migrate(args) => migrate::run(args),
         Command::Secrets(args) => secrets::run(args),
         Command::Validate(args) => validate::run(args),
     };

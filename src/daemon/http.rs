@@ -25,6 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::metrics::Metrics;
 use super::webhook::{self, DeliveryLog, Forge, WebhookError, WebhookEvent, WebhookSecret};
 
+/// Where `keystone daemon` listens unless told otherwise, and where `keystone migrate` asks.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9474";
+
 /// Largest webhook body accepted (GitHub caps payloads at 25 MB, but config repo pushes are small).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 

@@ -8,5 +8,6 @@ pub mod http;
 pub mod metrics;
 pub mod mirror;
 pub mod queue;
+pub mod record;
 pub mod runtime;
 pub mod webhook;
