@@ -421,6 +421,28 @@ async fn pushes_deploy_coalesce_wait_fail_once_and_broken_commits_block() {
     wait_for("the retry ran", || deploys(&rec).len() == 5).await;
     assert_eq!(deploys(&rec)[4], d("shop/production", &c5, "retry"));
 
+    // A manual migration through `keystone migrate`, recorded as its own operation.
+    let base = daemon.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        assert_cmd::Command::cargo_bin("keystone")
+            .unwrap()
+            .args(["migrate", "shop/production", "--daemon", &base])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!(
+            "migrate of shop/production at {} queued; its log goes to the status branch\n",
+            &c5[..7]
+        )
+    );
+    assert_eq!(out.status.code(), Some(0));
+    wait_for("the migration ran", || deploys(&rec).len() == 6).await;
+    assert_eq!(deploys(&rec)[5], d("shop/production", &c5, "migrate"));
+
     // A broken commit: a status commit says why, nothing is deployed, the old version stays.
     let problem = "applications/shop/environments/production.yaml:3:5: unknown key `replica` (did you mean `replicas`?)";
     let c6 = repo.commit(&format!("shop/production: {problem}\n"), "x", "ok", true);
@@ -468,7 +490,7 @@ async fn pushes_deploy_coalesce_wait_fail_once_and_broken_commits_block() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         deploys(&rec).len(),
-        5,
+        6,
         "nothing deployed for the broken commit"
     );
 
@@ -483,6 +505,26 @@ async fn pushes_deploy_coalesce_wait_fail_once_and_broken_commits_block() {
         assert!(!text.contains(SECRET_VALUE), "{path} holds the secret");
     }
     assert!(!git(&repo.remote, &["log", "--format=%B", "keystone/status"]).contains(SECRET_VALUE));
+
+    // `keystone migrate` asks this daemon; a blocked environment is refused with the reason.
+    let base = daemon.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        assert_cmd::Command::cargo_bin("keystone")
+            .unwrap()
+            .args(["migrate", "shop/production", "--daemon", &base])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        format!(
+            "the daemon refused: shop/production is blocked at commit {}: {problem}\n",
+            &c6[..7]
+        )
+    );
 
     daemon.cancel.cancel();
     daemon.handle.await.unwrap();

@@ -74,3 +74,34 @@ Failed recently: none. Full history: operations/.
             .starts_with("no status branch nope in ")
     );
 }
+
+#[test]
+fn migrate_without_a_daemon_says_how_to_reach_one() {
+    // A closed port on loopback.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::cargo_bin("keystone")
+        .unwrap()
+        .args(["migrate", "shop/production", "--daemon"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with(&format!(
+            "error: cannot reach the daemon at http://127.0.0.1:{port}/api/migrate: "
+        )),
+        "{err}"
+    );
+    assert!(err.ends_with("hint: is `keystone daemon` running? pass its address with --daemon\n"));
+    let out = Command::cargo_bin("keystone")
+        .unwrap()
+        .args(["migrate", "production"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

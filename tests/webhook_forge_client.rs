@@ -1,10 +1,10 @@
 //! The forge clients against a stand-in forge API on 127.0.0.1 that keeps comments in memory and
 //! records every request: one plan comment per pull request, updated in place, never duplicated.
 
-mod support;
+mod forge_standin;
 
+use forge_standin::{start, take_requests};
 use keystone::daemon::forge::{CommentSync, CommitState, ForgeClient, ForgeKind};
-use support::forge::{start, take_requests};
 
 #[tokio::test]
 async fn github_comment_created_then_updated_in_place_never_duplicated() {

@@ -86,7 +86,11 @@ impl Deployer for PlanOnly {
         let msg = r
             .find_commit(git2::Oid::from_str(head).unwrap())
             .map_err(|e| e.to_string())?
-            .summary()
+            .message_bytes()
+            .to_vec();
+        let msg = String::from_utf8_lossy(&msg)
+            .lines()
+            .next()
             .unwrap_or("")
             .to_string();
         Ok(PlanComment {
@@ -216,29 +220,30 @@ async fn one_comment_per_pull_request_updated_in_place() {
     assert_eq!(pr_hook(&base, "d2", "synchronize", &c3).await, 200);
     wait_statuses(4).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let g = forge.lock().unwrap();
-    let ours: Vec<(u64, &str)> = g.comments.iter().map(|c| (c.0, c.3.as_str())).collect();
-    let want = format!(
-        "<!-- keystone-plan: pr=42 -->\n### Keystone plan for `{}` → `{}` (scale web to 4)",
-        &c1[..7],
-        &c3[..7]
-    );
-    assert_eq!(
-        ours,
-        [(1001, want.as_str())],
-        "updated in place, never duplicated"
-    );
-    let writes: Vec<&String> = g
-        .requests
-        .iter()
-        .filter(|r| r.contains("/comments") && !r.starts_with("GET"))
-        .collect();
-    assert_eq!(writes.len(), 2, "one POST, one PATCH: {writes:?}");
-    assert!(writes[0].starts_with("POST /repos/acme/config/issues/42/comments "));
-    assert!(writes[1].starts_with("PATCH /repos/acme/config/issues/comments/1001 "));
-    assert_eq!(g.statuses.len(), 4);
-    assert_eq!(g.statuses[3].0, c3);
-    drop(g);
+    {
+        let g = forge.lock().unwrap();
+        let ours: Vec<(u64, &str)> = g.comments.iter().map(|c| (c.0, c.3.as_str())).collect();
+        let want = format!(
+            "<!-- keystone-plan: pr=42 -->\n### Keystone plan for `{}` → `{}` (scale web to 4)",
+            &c1[..7],
+            &c3[..7]
+        );
+        assert_eq!(
+            ours,
+            [(1001, want.as_str())],
+            "updated in place, never duplicated"
+        );
+        let writes: Vec<&String> = g
+            .requests
+            .iter()
+            .filter(|r| r.contains("/comments") && !r.starts_with("GET"))
+            .collect();
+        assert_eq!(writes.len(), 2, "one POST, one PATCH: {writes:?}");
+        assert!(writes[0].starts_with("POST /repos/acme/config/issues/42/comments "));
+        assert!(writes[1].starts_with("PATCH /repos/acme/config/issues/comments/1001 "));
+        assert_eq!(g.statuses.len(), 4);
+        assert_eq!(g.statuses[3].0, c3);
+    }
     cancel.cancel();
     h.await.unwrap();
 }
