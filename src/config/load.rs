@@ -417,9 +417,7 @@ fn read_file(
             }
         }
         FileKind::Environment(app, name) => {
-            if let Some((env, refs)) = parse::environment(&mut cx, app, name, &node)
-                && !cx.failed
-            {
+            if let Some((env, refs)) = parse::environment(&mut cx, app, name, &node) {
                 st.environments.push(ParsedEnv {
                     file: path.to_string(),
                     env,
@@ -606,7 +604,7 @@ fn check_project(st: &mut State) {
 
     // Host ports published on each server: a shared service's `port` (or its driver's default
     // ports) and its `admin_port`.
-    let mut taken: BTreeMap<(String, u16), String> = BTreeMap::new();
+    let mut taken: BTreeMap<(String, u16), (String, Pos)> = BTreeMap::new();
     let mut collisions = Vec::new();
     for (name, (svc, refs, file)) in &st.services {
         let mut ports: Vec<(u16, Pos)> = match svc.port {
@@ -626,7 +624,9 @@ fn check_project(st: &mut State) {
         for server in &svc.servers {
             for (port, pos) in &ports {
                 match taken.get(&(server.clone(), *port)) {
-                    Some(other) if other != name => collisions.push((
+                    // The same declaration seen again (a default port listed twice).
+                    Some((other, other_pos)) if other == name && other_pos == pos => {}
+                    Some((other, _)) => collisions.push((
                         file.clone(),
                         *pos,
                         name.clone(),
@@ -634,9 +634,8 @@ fn check_project(st: &mut State) {
                         server.clone(),
                         *port,
                     )),
-                    Some(_) => {}
                     None => {
-                        taken.insert((server.clone(), *port), name.clone());
+                        taken.insert((server.clone(), *port), (name.clone(), *pos));
                     }
                 }
             }
@@ -648,9 +647,13 @@ fn check_project(st: &mut State) {
             pos,
             Scope::Project,
             "port-collision",
-            format!(
-                "service `{name}` publishes port {port} on server `{server}`, which service `{other}` already publishes"
-            ),
+            if name == other {
+                format!("service `{name}` publishes port {port} on server `{server}` twice")
+            } else {
+                format!(
+                    "service `{name}` publishes port {port} on server `{server}`, which service `{other}` already publishes"
+                )
+            },
             Some(format!("give `{name}` another `port:` or move it to another server")),
         );
         st.services.remove(&name);
@@ -858,6 +861,7 @@ fn check_environment(st: &mut State, pe: &mut ParsedEnv) -> bool {
     // Scheduler.
     if let (Some(s), Some(pos)) = (&pe.env.scheduler, pe.refs.scheduler_service_pos)
         && !pe.env.services.contains_key(&s.service)
+        && !pe.refs.broken_services.contains(&s.service)
     {
         let hint = app_service_hint(&s.service, &pe.env);
         err(
@@ -919,6 +923,7 @@ fn check_environment(st: &mut State, pe: &mut ParsedEnv) -> bool {
         }
         if let (Some(target), Some(pos)) = (&att.target, refs.target_pos)
             && !pe.env.services.contains_key(target)
+            && !pe.refs.broken_services.contains(target)
         {
             let hint = app_service_hint(target, &pe.env);
             err(

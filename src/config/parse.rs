@@ -597,8 +597,12 @@ pub struct EnvRefs {
     pub services: Vec<ServicePlacementRefs>,
     pub scheduler_service_pos: Option<Pos>,
     pub attachments: Vec<AttachmentRefs>,
+    /// App services whose definition has an error: references to them are not reported again.
+    pub broken_services: Vec<String>,
 }
 
+/// An environment file. Returns what could be read even when parts have errors (`cx.failed`),
+/// so the cross-file checks still report every dangling reference of the file.
 pub fn environment(
     cx: &mut FileCx,
     app: &str,
@@ -622,13 +626,13 @@ pub fn environment(
         services: Vec::new(),
         scheduler_service_pos: None,
         attachments: Vec::new(),
+        broken_services: Vec::new(),
     };
     let git_ref = match f.get("ref") {
         Some(r) => cx.nonempty_string(r, "ref"),
         None => Some("main".into()),
     };
     let mut services = BTreeMap::new();
-    let mut services_ok = true;
     if let Some(s) = f.get("services") {
         match &s.kind {
             Kind::Map(entries) => {
@@ -640,7 +644,7 @@ pub fn environment(
                             format!("`{}` is not a valid service name", k.name),
                             Some(NAME_RULE.into()),
                         );
-                        services_ok = false;
+                        refs.broken_services.push(k.name.clone());
                         continue;
                     }
                     match app_service(cx, &k.name, k.pos, v) {
@@ -648,7 +652,7 @@ pub fn environment(
                             services.insert(k.name.clone(), svc);
                             refs.services.push(r);
                         }
-                        None => services_ok = false,
+                        None => refs.broken_services.push(k.name.clone()),
                     }
                 }
             }
@@ -663,7 +667,6 @@ pub fn environment(
                     ),
                     Some("e.g. `services: {web: {driver: laravel, roles: [web]}}`".into()),
                 );
-                services_ok = false;
             }
         }
     }
@@ -690,7 +693,6 @@ pub fn environment(
         })
     });
     let mut attachments = Vec::new();
-    let mut attachments_ok = true;
     if let Some(a) = f.get("attachments")
         && let Some(items) = cx.list(a, "attachments")
     {
@@ -711,19 +713,17 @@ pub fn environment(
                             ),
                             Some("remove one of the two attachments".into()),
                         );
-                        attachments_ok = false;
                     } else {
                         attachments.push(att);
                         refs.attachments.push(r);
                     }
                 }
-                None => attachments_ok = false,
+                None => {}
             }
         }
     }
     let mut variables: Vec<(String, Value)> = Vec::new();
     let mut variable_origins = BTreeMap::new();
-    let mut variables_ok = true;
     if let Some(v) = f.get("variables") {
         match &v.kind {
             Kind::Map(entries) => {
@@ -735,7 +735,6 @@ pub fn environment(
                             format!("`{}` is not a valid variable name", k.name),
                             Some("variable names are letters, digits and `_`, not starting with a digit".into()),
                         );
-                        variables_ok = false;
                         continue;
                     }
                     match cx.variable_value(val, &k.name) {
@@ -743,7 +742,7 @@ pub fn environment(
                             variable_origins.insert(k.name.clone(), cx.origin(k.pos));
                             variables.push((k.name.clone(), value));
                         }
-                        None => variables_ok = false,
+                        None => {}
                     }
                 }
             }
@@ -755,7 +754,6 @@ pub fn environment(
                     format!("`variables` must be a mapping, found {}", v.kind.describe()),
                     Some("e.g. `variables: {APP_ENV: production}`".into()),
                 );
-                variables_ok = false;
             }
         }
     }
@@ -763,21 +761,26 @@ pub fn environment(
         Some(b) => cx.bool(b, "self_heal"),
         None => Some(false),
     };
-    if !(services_ok && attachments_ok && variables_ok) {
-        return None;
-    }
+    let scheduler = match scheduler {
+        Some(Some(s)) => Some(s),
+        Some(None) => {
+            refs.scheduler_service_pos = None;
+            None
+        }
+        None => None,
+    };
     Some((
         Environment {
             app: app.to_string(),
             name: name.to_string(),
             origin: cx.origin(Pos::START),
-            git_ref: git_ref?,
+            git_ref: git_ref.unwrap_or_else(|| "main".into()),
             services,
-            scheduler: scheduler.lift()?,
+            scheduler,
             attachments,
             variables,
             variable_origins,
-            self_heal: self_heal?,
+            self_heal: self_heal.unwrap_or(false),
         },
         refs,
     ))

@@ -99,10 +99,19 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
                 serde_saphyr::Error::DuplicateMappingKey { .. }
             );
             let pos = e.location().map(Pos::from_location).unwrap_or(Pos::START);
+            let message = match e.without_snippet() {
+                serde_saphyr::Error::DuplicateMappingKey { key: Some(k), .. } => {
+                    format!("key `{k}` appears twice in the same mapping")
+                }
+                serde_saphyr::Error::DuplicateMappingKey { .. } => {
+                    "a key appears twice in the same mapping".to_string()
+                }
+                other => clean_message(&other.to_string()),
+            };
             Err(SyntaxError {
                 pos,
                 duplicate_key,
-                message: clean_message(&e.without_snippet().to_string()),
+                message,
             })
         }
     }
