@@ -24,7 +24,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let envs: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let services: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
     let runs = 7;
@@ -78,7 +81,10 @@ fn main() {
         bytes as f64 / 1e6,
         loaded.summary()
     );
-    println!("  generate + commit:           {:>8.1} ms", generate.as_secs_f64() * 1e3);
+    println!(
+        "  generate + commit:           {:>8.1} ms",
+        generate.as_secs_f64() * 1e3
+    );
     println!(
         "  load + validate, git commit: {:>8.1} ms median, {:.1} ms min of {runs} (target < 300 ms)",
         median(from_git.clone()).as_secs_f64() * 1e3,

@@ -697,28 +697,25 @@ pub fn environment(
         && let Some(items) = cx.list(a, "attachments")
     {
         for item in items {
-            match attachment(cx, item) {
-                Some((att, r)) => {
-                    let dup = attachments
-                        .iter()
-                        .any(|o: &Attachment| o.service == att.service && o.role == att.role);
-                    if dup {
-                        cx.error(
-                            item.pos,
-                            "duplicate-name",
-                            format!(
-                                "`{}` is attached as {} twice",
-                                att.service,
-                                role_name(att.role)
-                            ),
-                            Some("remove one of the two attachments".into()),
-                        );
-                    } else {
-                        attachments.push(att);
-                        refs.attachments.push(r);
-                    }
+            if let Some((att, r)) = attachment(cx, item) {
+                let dup = attachments
+                    .iter()
+                    .any(|o: &Attachment| o.service == att.service && o.role == att.role);
+                if dup {
+                    cx.error(
+                        item.pos,
+                        "duplicate-name",
+                        format!(
+                            "`{}` is attached as {} twice",
+                            att.service,
+                            role_name(att.role)
+                        ),
+                        Some("remove one of the two attachments".into()),
+                    );
+                } else {
+                    attachments.push(att);
+                    refs.attachments.push(r);
                 }
-                None => {}
             }
         }
     }
@@ -737,12 +734,9 @@ pub fn environment(
                         );
                         continue;
                     }
-                    match cx.variable_value(val, &k.name) {
-                        Some(value) => {
-                            variable_origins.insert(k.name.clone(), cx.origin(k.pos));
-                            variables.push((k.name.clone(), value));
-                        }
-                        None => {}
+                    if let Some(value) = cx.variable_value(val, &k.name) {
+                        variable_origins.insert(k.name.clone(), cx.origin(k.pos));
+                        variables.push((k.name.clone(), value));
                     }
                 }
             }
