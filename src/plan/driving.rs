@@ -176,10 +176,13 @@ pub fn postgres_admin(service: &str) -> drivers::Credentials {
 
 /// The facts drivers need: Valkey indexes and Postgres passwords (placeholders).
 pub fn facts(model: &Model, env: &Environment, valkey: &BTreeMap<SliceKey, u32>) -> Facts {
-    let mut f = Facts {
-        valkey_indexes: valkey.clone(),
-        ..Facts::default()
-    };
+    let mut f = Facts::default();
+    for a in &env.attachments {
+        let k = SliceKey::new(&a.service, &env.app, &env.name);
+        if let Some(i) = valkey.get(&k) {
+            f.valkey_indexes.insert(k, *i);
+        }
+    }
     for a in &env.attachments {
         if model
             .services

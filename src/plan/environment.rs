@@ -30,6 +30,8 @@ pub(super) struct Allocations {
     pub ports: BTreeMap<ReplicaKey, PortAssignment>,
     /// Allocation errors by environment key.
     pub blockers: BTreeMap<String, Vec<Finding>>,
+    /// Servers something was ever deployed to.
+    pub known_servers: BTreeSet<String>,
 }
 
 const SHORT: Duration = Duration::from_secs(60);
@@ -423,27 +425,13 @@ pub(super) fn plan_environment(
     );
 
     // Warnings: servers nothing was ever deployed to.
-    let known: BTreeSet<&str> = applied
-        .environments
-        .values()
-        .flat_map(|a| {
-            a.services
-                .values()
-                .flat_map(|s| s.replicas.iter().map(|r| r.server.as_str()))
-        })
-        .chain(
-            applied
-                .services
-                .values()
-                .flat_map(|s| s.replicas.iter().map(|r| r.server.as_str())),
-        )
-        .collect();
+    let known = &alloc.known_servers;
     let new_servers: BTreeSet<&str> = wants
         .values()
         .flatten()
         .filter(|w| w.action != Action::Keep)
         .map(|w| w.server.as_str())
-        .filter(|s| !known.contains(s))
+        .filter(|s| !known.contains(*s))
         .collect();
     if !applied.environments.is_empty() || !applied.services.is_empty() {
         for s in new_servers {

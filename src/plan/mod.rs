@@ -270,6 +270,18 @@ pub fn plan(desired: Desired<'_>, applied: &Applied, ctx: &PlanContext) -> Plan 
         valkey,
         ports,
         blockers: alloc_blockers,
+        known_servers: applied
+            .environments
+            .values()
+            .flat_map(|a| a.services.values().flat_map(|s| s.replicas.iter()))
+            .map(|r| r.server.clone())
+            .chain(
+                applied
+                    .services
+                    .values()
+                    .flat_map(|s| s.replicas.iter().map(|r| r.server.clone())),
+            )
+            .collect(),
     };
     let mut environments = Vec::new();
 
