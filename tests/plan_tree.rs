@@ -103,7 +103,7 @@ fn cutover_comes_after_every_service_deploy_and_pre_switch_migration_before_repl
     assert_eq!(target, &Target::Server("web-1".into()));
     assert_eq!(
         script,
-        "set -eu\ncd /home/keystone/services/shop_production_web-1-blue\ndocker compose -p keystone-shop_production_web-1-blue -f compose.yml run --rm --no-deps -T web sh -c 'php artisan migrate --force'\n"
+        "set -eu\ncd /home/keystone/services/shop_production_web-1-blue && docker compose --project-directory /home/keystone/services/shop_production_web-1-blue -p keystone-shop_production_web-1-blue -f compose.yml --env-file /dev/null run --rm --no-deps -T web sh -c 'php artisan migrate --force'\n"
     );
 }
 

@@ -2,8 +2,8 @@
 //!
 //! Every piece of service-type knowledge the planner needs (names, blue/green slots and host
 //! ports, Valkey indexes, the scheduler holder, migrations, variables, the queue-driver guard,
-//! slice scripts, rendered files) is asked here, and each answer comes from `crate::drivers`. The
-//! one exception is marked `interim`: the replica files, until `render::replica_files` lands.
+//! slice scripts) is asked here, and each answer comes from `crate::drivers`; rendered files come
+//! from `crate::render`.
 
 use std::collections::BTreeMap;
 
@@ -323,62 +323,4 @@ pub fn pre_switch_steps(service: &AppService) -> Vec<drivers::ContainerCommand> 
     drivers::get(&service.driver)
         .map(|d| d.pre_switch_steps())
         .unwrap_or_default()
-}
-
-/// The files of one replica.
-pub struct ReplicaFiles {
-    pub compose: Vec<u8>,
-    pub env: Vec<u8>,
-}
-
-/// What a replica is rendered from.
-pub struct ReplicaInput<'a> {
-    pub service: &'a AppService,
-    pub name: &'a str,
-    /// `repo@sha256:…`, `repo@{{digest:app}}` or, for a local build, `{{digest:app}}`.
-    pub image: &'a str,
-    pub host_port: u16,
-    pub variables: &'a [Variable],
-    pub scheduler: bool,
-}
-
-/// Render compose.yml and .env of a replica. (interim: drivers' `render::replica_files`)
-pub fn replica_files(r: &ReplicaInput<'_>) -> ReplicaFiles {
-    let svc = r.service;
-    let mut compose = String::new();
-    compose.push_str("services:\n");
-    compose.push_str(&format!("  {}:\n", svc.name));
-    compose.push_str(&format!("    image: {}\n", yaml_str(r.image)));
-    compose.push_str(&format!("    container_name: {}\n", yaml_str(r.name)));
-    compose.push_str("    restart: unless-stopped\n");
-    compose.push_str("    env_file: [.env]\n");
-    compose.push_str(&format!(
-        "    ports: [{}]\n",
-        yaml_str(&format!("{}:{}", r.host_port, svc.port))
-    ));
-    if let Some(c) = laravel::process_command(svc) {
-        compose.push_str(&format!(
-            "    command: [\"sh\", \"-c\", {}]\n",
-            yaml_str(&c)
-        ));
-    }
-    let mut env = String::new();
-    for v in r.variables {
-        env.push_str(&format!("{}={}\n", v.name, dotenv_str(&v.value)));
-    }
-    if r.scheduler {
-        env.push_str(&format!("{}=true\n", laravel::SCHEDULER_VARIABLE));
-    }
-    ReplicaFiles {
-        compose: compose.into_bytes(),
-        env: env.into_bytes(),
-    }
-}
-
-fn yaml_str(s: &str) -> String {
-    serde_json::to_string(s).expect("a string serializes")
-}
-
-fn dotenv_str(s: &str) -> String {
-    serde_json::to_string(s).expect("a string serializes")
 }

@@ -57,10 +57,11 @@ struct Want {
     name: String,
     host_port: u16,
     fingerprint: String,
-    scheduler: bool,
     action: Action,
     /// The running replica it replaces (same index), if any.
     previous: Option<AppliedReplica>,
+    /// compose.yml, .env and names, from `render::replica_files` (for replicas that deploy).
+    files: Option<crate::render::ReplicaFiles>,
 }
 
 impl Want {
@@ -86,6 +87,32 @@ struct Env<'a> {
     login: Option<RegistryLogin>,
     variables: Vec<Variable>,
     facts: drivers::Facts,
+}
+
+/// Render a replica slot's files with the drivers' renderer.
+#[allow(clippy::too_many_arguments)]
+fn render_replica(
+    model: &Model,
+    key: &ReplicaKey,
+    slot: Slot,
+    ports: Option<&PortAssignment>,
+    image: &str,
+    commit: &str,
+    entries: &[crate::render::EnvEntry],
+    holder: Option<&crate::drivers::laravel::SchedulerHolder>,
+) -> Result<crate::render::ReplicaFiles, crate::render::RenderError> {
+    crate::render::replica_files(&crate::render::ReplicaInput::App(
+        crate::render::AppReplica {
+            model,
+            replica: key,
+            slot,
+            ports,
+            image,
+            commit,
+            variables: entries,
+            scheduler: holder,
+        },
+    ))
 }
 
 pub(super) fn plan_environment(
@@ -306,6 +333,17 @@ pub(super) fn plan_environment(
     let holder =
         driving::scheduler_holder(env, applied_env.and_then(|a| a.scheduler_holder.as_ref()));
     let mut wants: BTreeMap<String, Vec<Want>> = BTreeMap::new();
+    let entries = crate::render::env_entries(&raw_vars, |r| {
+        Ok::<_, std::convert::Infallible>(drivers::Sensitive::new(Placeholder::secret(r)))
+    })
+    .unwrap_or_else(|never| match never {});
+    let holder_d = holder
+        .as_ref()
+        .map(|h| crate::drivers::laravel::SchedulerHolder {
+            service: h.service.clone(),
+            replica: h.index,
+        });
+    let mut render_errors = Vec::new();
     for (svc_name, svc) in &env.services {
         let mut list = Vec::new();
         for index in 1..=svc.replicas {
@@ -343,7 +381,34 @@ pub(super) fn plan_environment(
                 .get(&rkey)
                 .map(|p| p.host_port(slot))
                 .unwrap_or_default();
+            let files = if action == Action::Keep {
+                None
+            } else {
+                match render_replica(
+                    model,
+                    &rkey,
+                    slot,
+                    alloc.ports.get(&rkey),
+                    &e.image_ref,
+                    source_commit.as_deref().unwrap_or(&env.git_ref),
+                    &entries,
+                    holder_d.as_ref(),
+                ) {
+                    Ok(f) => Some(f),
+                    Err(err) => {
+                        render_errors.push(Finding {
+                            code: "render".into(),
+                            location: Some(svc.origin.to_string()),
+                            message: format!("replica {rkey}: {err}"),
+                            hint: None,
+                        });
+                        None
+                    }
+                }
+            };
+            let name = files.as_ref().map(|f| f.container.clone()).unwrap_or(name);
             list.push(Want {
+                files,
                 key: rkey,
                 service: svc_name.clone(),
                 index,
@@ -352,13 +417,14 @@ pub(super) fn plan_environment(
                 name,
                 host_port,
                 fingerprint,
-                scheduler,
                 action,
                 previous,
             });
         }
         wants.insert(svc_name.clone(), list);
     }
+
+    blockers.extend(render_errors);
 
     // Replicas that leave: by index beyond the new count, and whole services.
     let mut leaving: BTreeMap<String, Vec<AppliedReplica>> = BTreeMap::new();
@@ -992,7 +1058,7 @@ fn build_tree(
         if let Some(first) = first {
             let pre = driving::pre_switch_steps(svc);
             if !pre.is_empty() {
-                sop.steps.extend(replica_upload_steps(e, first));
+                sop.steps.extend(replica_upload_steps(first));
                 sop.steps.extend(pull_step(e, &first.server));
                 for c in pre {
                     sop.steps.push(script::run(
@@ -1293,7 +1359,10 @@ fn build_op(e: &Env<'_>, source_commit: Option<&str>) -> Operation {
 
 /// The directory of a replica slot on its server.
 fn replica_dir(e: &Env<'_>, w: &Want) -> String {
-    driving::remote_dir(&e.root, &w.key, w.slot)
+    match &w.files {
+        Some(f) => f.remote_dir.clone(),
+        None => driving::remote_dir(&e.root, &w.key, w.slot),
+    }
 }
 
 /// The directory of a running replica, by its recorded slot.
@@ -1308,42 +1377,24 @@ fn applied_dir(root: &str, app: &str, env: &str, service: &str, r: &AppliedRepli
     }
 }
 
-/// Upload compose.yml and .env of a replica; shared by replica deploys and pre-switch migrations.
-fn replica_upload_steps(e: &Env<'_>, w: &Want) -> Vec<Step> {
-    let svc = &e.env.services[&w.service];
-    let files = driving::replica_files(&driving::ReplicaInput {
-        service: svc,
-        name: &w.name,
-        image: &e.image_ref,
-        host_port: w.host_port,
-        variables: &e.variables,
-        scheduler: w.scheduler,
-    });
-    let dir = replica_dir(e, w);
+/// Upload the rendered files of a replica (compose.yml, .env 0600, extras); shared by replica
+/// deploys, pre-switch steps and pre-switch migrations.
+fn replica_upload_steps(w: &Want) -> Vec<Step> {
     let target = server_target(&w.server);
-    let secrets = e.variables.iter().filter(|v| v.secret).count();
-    vec![
-        script::upload(
-            "upload compose.yml",
-            &target,
-            format!("{dir}/compose.yml"),
-            0o644,
-            payload(files.compose, "compose.yml"),
-        ),
-        script::upload(
-            "upload .env",
-            &target,
-            format!("{dir}/.env"),
-            0o600,
-            payload(
-                files.env,
-                format!(
-                    ".env ({} variables, {secrets} secret)",
-                    e.variables.len() + usize::from(w.scheduler)
-                ),
-            ),
-        ),
-    ]
+    let Some(files) = &w.files else {
+        return Vec::new();
+    };
+    files
+        .files()
+        .into_iter()
+        .map(|f| {
+            let name = format!(
+                "upload {}",
+                f.path.rsplit('/').next().unwrap_or(f.path.as_str())
+            );
+            script::upload(name, &target, f.path, f.mode, payload(f.bytes, f.summary))
+        })
+        .collect()
 }
 
 fn pull_step(e: &Env<'_>, server: &str) -> Option<Step> {
@@ -1376,7 +1427,7 @@ fn replica_op(e: &Env<'_>, parent: &str, w: &Want, stop_previous: bool) -> Opera
     );
     let target = server_target(&w.server);
     let dir = replica_dir(e, w);
-    r.steps.extend(replica_upload_steps(e, w));
+    r.steps.extend(replica_upload_steps(w));
     r.steps.extend(pull_step(e, &w.server));
     r.steps.push(script::run(
         "start",
@@ -1451,12 +1502,15 @@ fn pre_switch_migration(e: &Env<'_>, run: &driving::MigrationRun, first: &Want) 
         ),
         Some(first.server.clone()),
     );
-    m.steps.extend(replica_upload_steps(e, first));
+    m.steps.extend(replica_upload_steps(first));
     m.steps.extend(pull_step(e, &first.server));
     m.steps.push(script::run(
         "migrate",
         &server_target(&first.server),
-        driving::migration_script(run, &replica_dir(e, first), &first.name, service),
+        match &first.files {
+            Some(f) => format!("{}\n", crate::render::migration_script(run, f).trim_end()),
+            None => driving::migration_script(run, &replica_dir(e, first), &first.name, service),
+        },
         None,
         MIGRATE,
         false,

@@ -187,23 +187,55 @@ pub fn pull_script(reference: &str, login: Option<&RegistryLogin>, tmp: &str) ->
     s
 }
 
+/// `docker compose <args>` for the project in `dir`, the one way Compose is driven
+/// (`render::ReplicaFiles::compose_command`: from the directory, `--env-file /dev/null`).
+pub fn compose(dir: &str, project: &str, args: &[&str]) -> String {
+    crate::render::ReplicaFiles {
+        server: String::new(),
+        remote_dir: dir.to_string(),
+        project: project.to_string(),
+        compose_service: String::new(),
+        container: String::new(),
+        compose_yml: Vec::new(),
+        env: Vec::new(),
+        env_summary: String::new(),
+        extra: Vec::new(),
+    }
+    .compose_command(args)
+}
+
 /// Start (or converge) a compose project from the uploaded files.
 pub fn compose_up_script(dir: &str, project: &str) -> String {
     format!(
-        "set -eu\ndocker compose --project-name {} --file {} up --detach --no-build --pull never --remove-orphans\n",
-        quote(project),
-        quote(&format!("{dir}/compose.yml")),
+        "set -eu\n{}\n",
+        compose(
+            dir,
+            project,
+            &[
+                "up",
+                "--detach",
+                "--no-build",
+                "--pull",
+                "never",
+                "--remove-orphans"
+            ]
+        )
     )
 }
 
 /// Stop and remove a compose project, then its directory. Named volumes are kept (no `-v`).
 pub fn compose_down_script(dir: &str, project: &str) -> String {
     format!(
-        "set -eu\nif [ -f {file} ]; then docker compose --project-name {p} --file {file} down --remove-orphans; fi\nrm -rf -- {dir}\n",
+        "set -eu\nif [ -f {file} ]; then {down}; fi\nrm -rf -- {dir}\n",
         file = quote(&format!("{dir}/compose.yml")),
-        p = quote(project),
+        down = compose(dir, project, &["down", "--remove-orphans"]),
         dir = quote(dir),
     )
+}
+
+/// Stop a compose project's containers (volumes and files stay).
+pub fn compose_stop_script(dir: &str, project: &str) -> String {
+    format!("set -eu\n{}\n", compose(dir, project, &["stop"]))
 }
 
 /// Poll `docker inspect` until the container is healthy (or, without a health check, running),
@@ -253,15 +285,11 @@ pub fn volume_same_script(volume: &str, before_placeholder: &str) -> String {
 }
 
 /// Run a command in a one-off container of a replica's compose project (new image, new env):
-/// used for migrations and driver pre-switch steps before traffic moves.
+/// used for driver pre-switch steps before traffic moves.
 pub fn compose_run_script(dir: &str, project: &str, service: &str, argv: &[String]) -> String {
-    format!(
-        "set -eu\ndocker compose --project-name {} --file {} run --rm --no-deps -T {} {}\n",
-        quote(project),
-        quote(&format!("{dir}/compose.yml")),
-        quote(service),
-        join(argv),
-    )
+    let mut args = vec!["run", "--rm", "--no-deps", "-T", service];
+    args.extend(argv.iter().map(String::as_str));
+    format!("set -eu\n{}\n", compose(dir, project, &args))
 }
 
 /// Run a command inside a running container.

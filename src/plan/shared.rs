@@ -7,33 +7,48 @@ use super::applied::{Applied, AppliedSharedReplica, AppliedSharedService};
 use super::changes::Change;
 use super::ops::{Children, Operation, OperationKind, Placeholder, Step, StepAction, Target};
 use super::script::{self, payload};
-use super::{EnvironmentStatus, PlanContext, ServicePlan};
+use super::{EnvironmentStatus, Finding, PlanContext, ServicePlan};
+use crate::drivers::{self, laravel::ReplicaKey};
 use crate::model::{Model, SharedService};
+use std::collections::BTreeMap;
 
 const SHORT: Duration = Duration::from_secs(60);
 
-/// The named volume a shared service keeps its state in. (interim: the driver's `volumes`)
-pub fn volume_name(service: &str) -> String {
-    format!("keystone_service_{service}_data")
-}
-
-/// The stable container name of a shared service. (interim: `drivers::shared_container_name`)
-pub fn container_name(service: &str) -> String {
-    format!("keystone-{service}")
-}
-
-fn default_image(driver: &str) -> &'static str {
-    match driver {
-        "postgres18" => "postgres:18",
-        "valkey8" => "valkey/valkey:8",
-        _ => "caddy:2",
-    }
+/// The named volume a shared service keeps its state in (the driver's first volume).
+pub fn volume_name(s: &SharedService) -> String {
+    drivers::get(&s.driver)
+        .and_then(|d| d.volumes(&s.name).into_iter().next())
+        .map(|v| v.name)
+        .unwrap_or_else(|| format!("keystone_service_{}_data", s.name))
 }
 
 fn image_of(s: &SharedService) -> String {
-    s.image
-        .clone()
-        .unwrap_or_else(|| default_image(&s.driver).to_string())
+    drivers::shared_image(s).unwrap_or_else(|| s.driver.clone())
+}
+
+/// Dial addresses of every running app replica, for the gateway's rendered routes.
+fn live_upstreams(model: &Model, applied: &Applied) -> BTreeMap<ReplicaKey, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for (key, e) in &applied.environments {
+        let Some((app, env)) = key.split_once('/') else {
+            continue;
+        };
+        for (svc, a) in &e.services {
+            for r in &a.replicas {
+                let Some(port) = r.host_port else { continue };
+                let host = model
+                    .servers
+                    .get(&r.server)
+                    .map(|s| s.host.clone())
+                    .unwrap_or_else(|| r.server.clone());
+                out.insert(
+                    ReplicaKey::new(app, env, svc, r.index),
+                    vec![format!("{host}:{port}")],
+                );
+            }
+        }
+    }
+    out
 }
 
 /// `(image without tag, tag)`; an image pinned by digest has no tag to resolve.
@@ -55,10 +70,11 @@ pub(super) fn plan_services(
 ) -> Vec<ServicePlan> {
     let mut out = Vec::new();
     let root = model.project.remote_root.trim_end_matches('/');
+    let upstreams = live_upstreams(model, applied);
     for (name, s) in &model.services {
         let image = image_of(s);
         let before = applied.services.get(name);
-        let volume = volume_name(name);
+        let volume = volume_name(s);
         let mut plan = ServicePlan {
             service: name.clone(),
             status: EnvironmentStatus::Unchanged,
@@ -110,10 +126,13 @@ pub(super) fn plan_services(
                 }
             }
         }
-        plan.changes.push(Change::unchanged(
-            format!("volume {volume}"),
-            "kept (a plan never deletes a volume)",
-        ));
+        plan.changes.push(match before {
+            None => Change::added(format!("volume {volume}"), ""),
+            Some(_) => Change::unchanged(
+                format!("volume {volume}"),
+                "kept (a plan never deletes a volume)",
+            ),
+        });
         let mut root_op = Operation {
             id: format!("service/{name}"),
             kind,
@@ -140,11 +159,34 @@ pub(super) fn plan_services(
                 capture: Some(capture.clone()),
             });
         }
+        let routes = drivers::caddy2::routes(model, name, &upstreams);
+        let admin = (s.driver == "postgres18").then(|| super::driving::postgres_admin(name));
         for server in &s.servers {
             let t = Target::Server(server.clone());
-            let dir = format!("{root}/services/{name}");
-            let container = container_name(name);
-            let project = format!("keystone-{name}");
+            let files = match crate::render::replica_files(&crate::render::ReplicaInput::Shared(
+                crate::render::SharedReplica {
+                    model,
+                    service: name,
+                    server,
+                    image: &pinned,
+                    admin: admin.as_ref(),
+                    routes: &routes,
+                },
+            )) {
+                Ok(f) => f,
+                Err(err) => {
+                    plan.blockers.push(Finding {
+                        code: "render".into(),
+                        location: Some(s.origin.to_string()),
+                        message: format!("service {name} @{server}: {err}"),
+                        hint: None,
+                    });
+                    continue;
+                }
+            };
+            let dir = files.remote_dir.clone();
+            let project = files.project.clone();
+            let container = files.container.clone();
             let mut r = Operation {
                 id: format!("service/{name}/{server}"),
                 kind,
@@ -170,11 +212,7 @@ pub(super) fn plan_services(
                 r.steps.push(script::run(
                     "stop",
                     &t,
-                    format!(
-                        "set -eu\ndocker compose --project-name {} --file {} stop\n",
-                        crate::shell::quote(&project),
-                        crate::shell::quote(&format!("{dir}/compose.yml"))
-                    ),
+                    script::compose_stop_script(&dir, &project),
                     None,
                     Duration::from_secs(120),
                     true,
@@ -202,56 +240,30 @@ pub(super) fn plan_services(
                     true,
                 ));
             }
-            let files = match crate::render::replica_files(&crate::render::ReplicaInput::Shared(
-                crate::render::SharedReplica {
-                    model,
-                    service: name,
-                    server,
-                    image: &pinned,
-                    admin: None,
-                    routes: &gateway_routes(model, name),
-                },
-            )) {
-                Ok(f) => f,
-                Err(e) => {
-                    plan.blockers.push(super::Finding {
-                        code: "render-failed".into(),
-                        location: Some(s.origin.to_string()),
-                        message: format!("cannot render service {name} for {server}: {e}"),
-                        hint: None,
-                    });
-                    continue;
-                }
-            };
-            let mut first = true;
             for f in files.files() {
+                let base = f
+                    .path
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(f.path.as_str())
+                    .to_string();
+                let step = if base == "compose.yml" {
+                    "render compose.yml with the new digest".to_string()
+                } else {
+                    format!("upload {base}")
+                };
                 r.steps.push(script::upload(
-                    if first {
-                        "render compose.yml with the new digest".to_string()
-                    } else {
-                        format!("upload {}", f.summary)
-                    },
+                    step,
                     &t,
                     f.path,
                     f.mode,
                     payload(f.bytes, f.summary),
                 ));
-                first = false;
             }
             r.steps.push(script::run(
                 "start",
                 &t,
-                format!(
-                    "set -eu\n{}\n",
-                    files.compose_command(&[
-                        "up",
-                        "--detach",
-                        "--no-build",
-                        "--pull",
-                        "never",
-                        "--remove-orphans",
-                    ])
-                ),
+                script::compose_up_script(&dir, &project),
                 None,
                 Duration::from_secs(120),
                 true,
@@ -279,6 +291,13 @@ pub(super) fn plan_services(
             }
             root_op.children.push(r);
         }
+        if !plan.blockers.is_empty() {
+            plan.status = EnvironmentStatus::Blocked;
+            plan.summary = "blocked".into();
+            plan.operation = None;
+            out.push(plan);
+            continue;
+        }
         plan.status = EnvironmentStatus::Changed;
         plan.summary = format!("{verb} on {}", s.servers.join(", "));
         plan.operation = Some(root_op);
@@ -291,7 +310,7 @@ pub(super) fn plan_services(
                 .iter()
                 .map(|server| AppliedSharedReplica {
                     server: server.clone(),
-                    container: container_name(name),
+                    container: drivers::shared_container_name(name),
                     digest: digest.clone(),
                 })
                 .collect(),
@@ -337,7 +356,7 @@ pub(super) fn plan_services(
                 &Target::Server(r.server.clone()),
                 script::compose_down_script(
                     &format!("{root}/services/{name}"),
-                    &format!("keystone-{name}"),
+                    &drivers::shared_container_name(name),
                 ),
                 None,
                 Duration::from_secs(120),
@@ -348,10 +367,4 @@ pub(super) fn plan_services(
         out.push(plan);
     }
     out
-}
-
-/// The routes a gateway service's config file starts with: every gateway attachment to it, with
-/// no upstreams yet (cutovers set them through the admin API).
-fn gateway_routes(model: &Model, service: &str) -> Vec<crate::drivers::caddy2::Route> {
-    crate::drivers::caddy2::routes(model, service, &std::collections::BTreeMap::new())
 }
