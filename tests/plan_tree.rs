@@ -502,3 +502,125 @@ fn diff_of_two_commits_shows_only_what_changed() {
     assert!(!md.contains("service main-postgres"), "{md}");
     let _ = Placement::Role(String::new());
 }
+
+#[test]
+fn postgres_slice_runs_the_drivers_sql_on_stdin_with_a_generated_password() {
+    let p = first_deploy(&example());
+    let root = env_op(&p, "production");
+    let sp = root
+        .children
+        .iter()
+        .find(|c| {
+            c.kind == OperationKind::SliceProvision
+                && c.title.starts_with("slice_provision main-postgres")
+        })
+        .unwrap();
+    assert_eq!(sp.steps.len(), 1);
+    assert_eq!(sp.steps[0].target, Target::Server("db-1".into()));
+    let StepAction::Run { script, stdin } = &sp.steps[0].action else {
+        panic!()
+    };
+    assert!(
+        script.contains("docker exec -i keystone-main-postgres psql"),
+        "{script}"
+    );
+    let sql = String::from_utf8(stdin.as_ref().unwrap().bytes.clone()).unwrap();
+    assert!(sql.contains("shop_production"), "{sql}");
+    assert!(
+        sql.contains("{{generated:postgres/main-postgres/shop/production/password}}"),
+        "{sql}"
+    );
+    // The same placeholder reaches the replicas' .env as DB_PASSWORD.
+    let web1 = root
+        .walk()
+        .into_iter()
+        .find(|o| o.title.starts_with("replica_deploy web#1"))
+        .unwrap();
+    let env = web1
+        .steps
+        .iter()
+        .find_map(|s| match &s.action {
+            StepAction::Upload { path, contents, .. } if path.ends_with("/.env") => {
+                Some(String::from_utf8(contents.bytes.clone()).unwrap())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        env.contains(
+            "DB_PASSWORD=\"{{generated:postgres/main-postgres/shop/production/password}}\""
+        ),
+        "{env}"
+    );
+    assert!(
+        env.contains("APP_KEY=\"{{secret:shop-production.app_key}}\""),
+        "{env}"
+    );
+}
+
+#[test]
+fn shared_image_change_is_a_stateful_update_in_spec_order() {
+    let m = example();
+    let applied = deployed(&m);
+    let mut head = m.clone();
+    head.services.get_mut("main-postgres").unwrap().image =
+        Some("10.77.0.1:5000/standin/postgres:18.1".into());
+    let p = plan::plan(Desired::valid(&head), &applied, &ctx("e4f5a6b"));
+    let s = p
+        .services
+        .iter()
+        .find(|s| s.service == "main-postgres")
+        .unwrap();
+    let op = s.operation.as_ref().unwrap();
+    assert_eq!(op.kind, OperationKind::StatefulUpdate);
+    assert_eq!(
+        op.steps[0].action,
+        StepAction::ResolveDigest {
+            image: "10.77.0.1:5000/standin/postgres:18.1".into(),
+            registry: Some("main".into())
+        }
+    );
+    let names: Vec<&str> = op.children[0]
+        .steps
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "pull image by digest",
+            "stop",
+            "verify named volume",
+            "render compose.yml with the new digest",
+            "upload .env",
+            "start",
+            "wait healthy",
+            "verify same volume",
+        ]
+    );
+    let compose = op.children[0]
+        .steps
+        .iter()
+        .find_map(|s| match &s.action {
+            StepAction::Upload { contents, .. } if s.name.starts_with("render compose") => {
+                Some(String::from_utf8(contents.bytes.clone()).unwrap())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        compose.contains("10.77.0.1:5000/standin/postgres@{{digest:main-postgres}}"),
+        "{compose}"
+    );
+    assert!(
+        compose.contains("keystone_service_main-postgres_postgres_data"),
+        "{compose}"
+    );
+    assert!(s.changes.iter().any(|c| c.line() == "  volume keystone_service_main-postgres_postgres_data: kept (a plan never deletes a volume)"));
+    // Nothing else changes.
+    assert!(
+        p.environments
+            .iter()
+            .all(|e| e.status == plan::EnvironmentStatus::Unchanged)
+    );
+}

@@ -538,6 +538,22 @@ pub(super) fn plan_environment(
         }
     }
 
+    // Slice scripts of new slices: a driver that cannot answer blocks the environment.
+    let old_slices = applied_env.map(|a| &a.slices);
+    for svc_name in slices.keys() {
+        if old_slices.is_some_and(|o| o.contains_key(svc_name)) {
+            continue;
+        }
+        if let Err(err) = slice_script(&e, svc_name) {
+            blockers.push(Finding {
+                code: "slice".into(),
+                location: Some(model.services[svc_name].origin.to_string()),
+                message: err.to_string(),
+                hint: None,
+            });
+        }
+    }
+
     let migrate_request = matches!(ctx.request, Request::Migrate { .. });
     out.changes = if migrate_request { Vec::new() } else { changes };
     if !blockers.is_empty() {
@@ -977,46 +993,21 @@ fn build_tree(
             format!("slice_provision {svc_name}/{} ({what})", slice_name(e)),
             svc.servers.first().cloned(),
         );
-        let slice_key = SliceKey::new(svc_name, &e.app.name, &e.env.name);
-        let admin = driving::postgres_admin(svc_name);
-        let ctx = SliceContext {
-            model: e.model,
-            service: svc,
-            slice: &slice_key,
-            facts: &e.facts,
-            admin: (svc.driver == "postgres18").then_some(&admin),
-        };
-        if let Some(d) = drivers::get(&svc.driver) {
-            match d.provision_slice(&ctx) {
-                Ok(Some(sc)) => {
-                    for server in &svc.servers {
-                        sp.steps.push(script::run(
-                            sc.name.clone(),
-                            &server_target(server),
-                            sc.script.clone(),
-                            sc.stdin.as_ref().map(|b| {
-                                payload(
-                                    b.expose().as_bytes().to_vec(),
-                                    sc.stdin_summary.clone().unwrap_or_else(|| "stdin".into()),
-                                )
-                            }),
-                            SHORT,
-                            true,
-                        ));
-                    }
-                }
-                Ok(None) => {}
-                Err(err) => sp.steps.push(script::run(
-                    "driver error",
-                    &Target::Local,
-                    format!(
-                        "echo {} >&2\nexit 1\n",
-                        crate::shell::quote(&err.to_string())
-                    ),
-                    None,
+        if let Ok(Some(sc)) = slice_script(e, svc_name) {
+            for server in &svc.servers {
+                sp.steps.push(script::run(
+                    sc.name.clone(),
+                    &server_target(server),
+                    sc.script.clone(),
+                    sc.stdin.as_ref().map(|b| {
+                        payload(
+                            b.expose().as_bytes().to_vec(),
+                            sc.stdin_summary.clone().unwrap_or_else(|| "stdin".into()),
+                        )
+                    }),
                     SHORT,
                     true,
-                )),
+                ));
             }
         }
         root.children.push(sp);
@@ -1233,6 +1224,26 @@ impl Counts {
         }
         parts.join(", ")
     }
+}
+
+/// The driver's script creating this environment's slice of `service`.
+fn slice_script(
+    e: &Env<'_>,
+    service: &str,
+) -> Result<Option<drivers::SliceScript>, drivers::DriverError> {
+    let svc = &e.model.services[service];
+    let Some(d) = drivers::get(&svc.driver) else {
+        return Ok(None);
+    };
+    let slice_key = SliceKey::new(service, &e.app.name, &e.env.name);
+    let admin = driving::postgres_admin(service);
+    d.provision_slice(&SliceContext {
+        model: e.model,
+        service: svc,
+        slice: &slice_key,
+        facts: &e.facts,
+        admin: (svc.driver == "postgres18").then_some(&admin),
+    })
 }
 
 fn slice_name(e: &Env<'_>) -> String {
