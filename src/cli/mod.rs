@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod apply;
 mod migrate;
 mod render;
+mod plan;
 mod secrets;
 mod status;
 mod validate;
@@ -35,6 +36,8 @@ enum Command {
     Status(status::Args),
     /// Ask the running daemon to run an environment's migrations now.
     Migrate(migrate::Args),
+    /// Print the plan of a config commit, or with --base/--head what a pull request changes.
+    Plan(plan::Args),
     /// SOPS/age secret files: decrypt, encrypt, set, edit (compatible with `sops`).
     /// Print (or write under --out) the exact files each server would receive for APP/ENV.
     Render(render::Args),
@@ -61,6 +64,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Render(args) => render::run(args),
         Command::Migrate(args) => migrate::run(args),
+        Command::Plan(args) => plan::run(args),
         Command::Secrets(args) => secrets::run(args),
         Command::Validate(args) => validate::run(args),
     };

@@ -127,9 +127,13 @@ pub fn short_digest(d: &str) -> String {
     }
 }
 
-/// The first 7 characters of a commit id.
+/// The first 7 characters of a commit id (other names as they are).
 pub fn short_commit(c: &str) -> &str {
-    &c[..c.len().min(7)]
+    if c.len() > 7 && c.bytes().all(|b| b.is_ascii_hexdigit()) {
+        &c[..7]
+    } else {
+        c
+    }
 }
 
 #[cfg(test)]

@@ -304,9 +304,11 @@ pub fn markdown(plan: &Plan, pr: u64) -> String {
                 .flat_map(|s| s.blockers.iter().map(move |f| (s.service.clone(), f))),
         )
         .collect();
+    // Warnings of unchanged environments are left out: a one-line change stays one section.
     let warnings: Vec<(String, &Finding)> = plan
         .environments
         .iter()
+        .filter(|e| e.status != EnvironmentStatus::Unchanged)
         .flat_map(|e| e.warnings.iter().map(move |f| (e.key(), f)))
         .chain(
             plan.services

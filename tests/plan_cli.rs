@@ -1,0 +1,169 @@
+//! `keystone plan` end to end on real config repositories: examples/config-repo (working tree and
+//! git commits) and the scenario fixtures under tests/fixtures/plan/ (each a set of files laid
+//! over the example and committed on top of it). Outputs are compared with golden files.
+
+mod plan_common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use assert_cmd::cargo::CommandCargoExt;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.test")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.test")
+        .env("GIT_AUTHOR_DATE", "2026-12-03T12:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2026-12-03T12:00:00Z")
+        .output()
+        .expect("git is installed");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A git repository: the example at HEAD~1, the scenario's files laid over it at HEAD.
+fn scenario_repo(scenario: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&root().join("examples/config-repo"), dir.path());
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-q", "-m", "base"]);
+    let overlay = root().join("tests/fixtures/plan").join(scenario);
+    copy_dir(&overlay, dir.path());
+    git(dir.path(), &["commit", "-q", "-a", "-m", scenario]);
+    dir
+}
+
+fn keystone(args: &[&str]) -> (i32, String, String) {
+    let out = Command::cargo_bin("keystone")
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// Commit ids differ per run only through their content; the golden files name them.
+fn normalise(s: &str, repo: &Path) -> String {
+    let base = git(repo, &["rev-parse", "HEAD~1"]);
+    let head = git(repo, &["rev-parse", "HEAD"]);
+    s.replace(&base, "BASE")
+        .replace(&head, "HEAD")
+        .replace(&base[..7], "BASE")
+        .replace(&head[..7], "HEAD")
+        .replace(&base[..12], "BASE")
+        .replace(&head[..12], "HEAD")
+}
+
+#[test]
+fn example_repo_working_tree_in_every_format() {
+    let repo = root().join("examples/config-repo");
+    let repo = repo.to_str().unwrap();
+    for (format, file) in [
+        ("text", "example-repo.txt"),
+        ("json", "example-repo.json"),
+        ("markdown", "example-repo.md"),
+    ] {
+        let (code, out, err) =
+            keystone(&["plan", "--repo", repo, "--format", format, "--pr", "42"]);
+        assert_eq!(code, 0, "{err}");
+        plan_common::golden(file, &out);
+    }
+}
+
+#[test]
+fn pr_view_of_scale_2_to_3() {
+    let repo = scenario_repo("scale-2-to-3");
+    let p = repo.path().to_str().unwrap();
+    let (code, out, err) = keystone(&[
+        "plan", "--repo", p, "--base", "HEAD~1", "--head", "HEAD", "--format", "markdown", "--pr",
+        "42",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let out = normalise(&out, repo.path());
+    assert!(out.contains("**shop/production**: 1 replica added, 3 replicas restarted (variable change), no build · **shop/staging**: no changes"), "{out}");
+    assert!(out.len() < 2048, "{} bytes", out.len());
+    plan_common::golden("cli-scale-2-to-3.md", &out);
+}
+
+#[test]
+fn pr_view_of_removing_a_service() {
+    let repo = scenario_repo("remove-service");
+    let p = repo.path().to_str().unwrap();
+    let (code, out, err) = keystone(&["plan", "--repo", p, "--base", "HEAD~1", "--head", "HEAD"]);
+    assert_eq!(code, 0, "{err}");
+    plan_common::golden("cli-remove-service.txt", &normalise(&out, repo.path()));
+}
+
+#[test]
+fn an_invalid_environment_blocks_only_itself_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&root().join("examples/config-repo"), dir.path());
+    let staging = dir
+        .path()
+        .join("applications/shop/environments/staging.yaml");
+    let text = std::fs::read_to_string(&staging)
+        .unwrap()
+        .replacen("replicas:", "replica:", 1);
+    std::fs::write(&staging, text).unwrap();
+    let (code, out, err) = keystone(&[
+        "plan",
+        "--repo",
+        dir.path().to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let envs = v["environments"].as_array().unwrap();
+    let by = |name: &str| envs.iter().find(|e| e["env"] == name).unwrap();
+    assert_eq!(by("production")["status"], "changed");
+    assert_eq!(by("staging")["status"], "blocked");
+    let b = &by("staging")["blockers"][0];
+    assert_eq!(b["code"], "unknown-key");
+    assert!(
+        b["location"]
+            .as_str()
+            .unwrap()
+            .starts_with("applications/shop/environments/staging.yaml:"),
+        "{b}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let (code, _, err) = keystone(&["plan", "--base", "HEAD"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = keystone(&["plan", "--repo", "/nonexistent/keystone-config"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/nonexistent/keystone-config"), "{err}");
+}
