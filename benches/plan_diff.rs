@@ -31,10 +31,7 @@ fn main() {
     let at = text
         .find("replicas: ")
         .expect("an environment file names replicas");
-    let end = at
-        + text[at..]
-            .find([',', '}', '\n'])
-            .unwrap();
+    let end = at + text[at..].find([',', '}', '\n']).unwrap();
     let n: u32 = text[at + 10..end].trim().parse().unwrap();
     let changed = format!("{}replicas: {}{}", &text[..at], n + 1, &text[end..]);
     std::fs::write(file, changed).unwrap();

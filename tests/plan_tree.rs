@@ -527,7 +527,7 @@ fn postgres_slice_runs_the_drivers_sql_on_stdin_with_a_generated_password() {
     let sql = String::from_utf8(stdin.as_ref().unwrap().bytes.clone()).unwrap();
     assert!(sql.contains("shop_production"), "{sql}");
     assert!(
-        sql.contains("{{generated:postgres/main-postgres/shop/production/password}}"),
+        sql.contains("{{generated:main-postgres/shop/production}}"),
         "{sql}"
     );
     // The same placeholder reaches the replicas' .env as DB_PASSWORD.
@@ -547,9 +547,7 @@ fn postgres_slice_runs_the_drivers_sql_on_stdin_with_a_generated_password() {
         })
         .unwrap();
     assert!(
-        env.contains(
-            "DB_PASSWORD=\"{{generated:postgres/main-postgres/shop/production/password}}\""
-        ),
+        env.contains("DB_PASSWORD=\"{{generated:main-postgres/shop/production}}\""),
         "{env}"
     );
     assert!(

@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 
 mod apply;
 mod migrate;
-mod render;
 mod plan;
+mod render;
 mod secrets;
 mod status;
 mod validate;
