@@ -530,7 +530,7 @@ fn postgres_slice_runs_the_drivers_sql_on_stdin_with_a_generated_password() {
         sql.contains("{{generated:main-postgres/shop/production}}"),
         "{sql}"
     );
-    // The same placeholder reaches the replicas' .env as DB_PASSWORD.
+    // The same placeholder reaches the replicas' .env as DB_PASSWORD, marked for .env escaping.
     let web1 = root
         .walk()
         .into_iter()
@@ -547,11 +547,11 @@ fn postgres_slice_runs_the_drivers_sql_on_stdin_with_a_generated_password() {
         })
         .unwrap();
     assert!(
-        env.contains("DB_PASSWORD=\"{{generated:main-postgres/shop/production}}\""),
+        env.contains("DB_PASSWORD=\"{{generated:main-postgres/shop/production|dotenv}}\""),
         "{env}"
     );
     assert!(
-        env.contains("APP_KEY=\"{{secret:shop-production.app_key}}\""),
+        env.contains("APP_KEY=\"{{secret:shop-production.app_key|dotenv}}\""),
         "{env}"
     );
 }
