@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use keystone::daemon::engine::{
+    random_key, registries, scoped_findings, secret_refs, source_commits,
+};
 use keystone::execute::{
     Event, ExecuteOptions, Observer, PlanRun, Shutdown, SshSettings, Transports,
 };
-use keystone::model::{Model, SecretRef, Value};
-use keystone::plan::{self, Desired, EnvironmentStatus, Finding, PlanContext, ScopedFinding};
+use keystone::plan::{self, Desired, EnvironmentStatus, PlanContext};
 use keystone::secrets::{Identities, Resolver};
 use keystone::state::{State, StateValues};
 
@@ -86,28 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let diagnostics: Vec<ScopedFinding> = loaded
-        .diagnostics
-        .iter()
-        .map(|d| ScopedFinding {
-            scope: match &d.scope {
-                keystone::config::Scope::Project => plan::Scope::Project,
-                keystone::config::Scope::Application { app } => {
-                    plan::Scope::Application { app: app.clone() }
-                }
-                keystone::config::Scope::Environment { app, env } => plan::Scope::Environment {
-                    app: app.clone(),
-                    env: env.clone(),
-                },
-            },
-            finding: Finding {
-                code: d.code.to_string(),
-                location: Some(d.location()),
-                message: d.message.clone(),
-                hint: d.hint.clone(),
-            },
-        })
-        .collect();
+    let diagnostics = scoped_findings(&loaded.diagnostics);
     let ctx = PlanContext {
         config_commit: commit.clone(),
         source_commits: source_commits(model, &values),
@@ -196,44 +177,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The config registries as the digest resolver reaches them, with their credentials.
-fn registries(
-    model: &Model,
-    secrets: &BTreeMap<String, String>,
-) -> keystone::execute::HttpDigestResolver {
-    let value = |v: &Option<Value>| match v {
-        Some(Value::Plain(s)) => Some(s.clone()),
-        Some(Value::Secret(r)) => secrets.get(&r.display_path()).cloned(),
-        None => None,
-    };
-    let access = model
-        .registries
-        .values()
-        .map(|r| {
-            let host = r
-                .url
-                .trim_start_matches("https://")
-                .trim_start_matches("http://")
-                .trim_end_matches('/')
-                .to_string();
-            (
-                r.name.clone(),
-                keystone::execute::RegistryAccess {
-                    host,
-                    insecure: r.insecure,
-                    username: value(&r.username),
-                    password: value(&r.password),
-                },
-            )
-        })
-        .collect();
-    keystone::execute::HttpDigestResolver::new(access)
-}
-
-fn random_key() -> String {
-    hex::encode(rand::random::<[u8; 32]>())
-}
-
 fn head_commit(repo: &Path) -> anyhow::Result<String> {
     let r = git2::Repository::open(repo)
         .with_context(|| format!("{} is not a git repository", repo.display()))?;
@@ -242,111 +185,6 @@ fn head_commit(repo: &Path) -> anyhow::Result<String> {
         .and_then(|h| h.peel_to_commit())
         .context("the config repository has no commit")?;
     Ok(head.id().to_string())
-}
-
-/// Every `{secret: …}` reference of the model.
-fn secret_refs(model: &Model) -> Vec<SecretRef> {
-    let mut out = Vec::new();
-    let mut add = |v: &Option<Value>| {
-        if let Some(Value::Secret(r)) = v {
-            out.push(r.clone());
-        }
-    };
-    for r in model.registries.values() {
-        add(&r.username);
-        add(&r.password);
-    }
-    for a in model.applications.values() {
-        add(&a.source.deploy_key);
-        for e in a.environments.values() {
-            for (_, v) in &e.variables {
-                add(&Some(v.clone()));
-            }
-        }
-    }
-    out
-}
-
-/// The commit each environment's `ref` names in the application source, asked of the source
-/// repository with `git ls-remote` (and the deploy key). Unknown when that fails: the build
-/// then resolves it.
-fn source_commits(model: &Model, secrets: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for a in model.applications.values() {
-        let Ok(dir) = tempfile::tempdir() else {
-            continue;
-        };
-        let mut cmd = std::process::Command::new("git");
-        cmd.arg("ls-remote").arg("--").arg(&a.source.repo);
-        if let Some(Value::Secret(r)) = &a.source.deploy_key {
-            let Some(key) = secrets.get(&r.display_path()) else {
-                continue;
-            };
-            let key_path = dir.path().join("deploy_key");
-            if write_private(&key_path, key).is_err() {
-                continue;
-            }
-            let ssh = keystone::shell::join([
-                "ssh",
-                "-i",
-                &key_path.display().to_string(),
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=accept-new",
-                "-o",
-                &format!(
-                    "UserKnownHostsFile={}",
-                    dir.path().join("known_hosts").display()
-                ),
-            ]);
-            cmd.env("GIT_SSH_COMMAND", ssh);
-        }
-        let Ok(out_put) = cmd.stderr(std::process::Stdio::null()).output() else {
-            continue;
-        };
-        if !out_put.status.success() {
-            tracing::warn!(app = %a.name, "git ls-remote failed; the build resolves the ref");
-            continue;
-        }
-        let text = String::from_utf8_lossy(&out_put.stdout);
-        for e in a.environments.values() {
-            let wanted = [
-                e.git_ref.clone(),
-                format!("refs/heads/{}", e.git_ref),
-                format!("refs/tags/{}", e.git_ref),
-            ];
-            let found = text.lines().find_map(|l| {
-                let (id, name) = l.split_once('\t')?;
-                wanted.iter().any(|w| w == name).then(|| id.to_string())
-            });
-            let commit = found.or_else(|| {
-                (e.git_ref.len() == 40 && e.git_ref.chars().all(|c| c.is_ascii_hexdigit()))
-                    .then(|| e.git_ref.clone())
-            });
-            if let Some(c) = commit {
-                out.insert(format!("{}/{}", a.name, e.name), c);
-            }
-        }
-    }
-    out
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())?;
-    if !text.ends_with('\n') {
-        f.write_all(b"\n")?;
-    }
-    Ok(())
 }
 
 /// One line per finished step: `ok|FAILED <op id> <step> (<duration>)`, failures with the tail of

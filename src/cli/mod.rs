@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod apply;
+mod daemon;
 mod migrate;
 mod plan;
 mod render;
@@ -32,6 +33,8 @@ struct Cli {
 enum Command {
     /// Plan the config repository against the applied state and deploy it to the servers.
     Apply(apply::Args),
+    /// Watch the config repository and deploy each new commit; write the status branch.
+    Daemon(daemon::Args),
     /// Print the status branch: every environment's sync, health and last operation.
     Status(status::Args),
     /// Ask the running daemon to run an environment's migrations now.
@@ -61,6 +64,7 @@ pub fn main() -> ExitCode {
     init_tracing(&cli.log);
     let result: anyhow::Result<ExitCode> = match cli.command {
         Command::Apply(args) => apply::run(args),
+        Command::Daemon(args) => daemon::run(args),
         Command::Status(args) => status::run(args),
         Command::Render(args) => render::run(args),
         Command::Migrate(args) => migrate::run(args),

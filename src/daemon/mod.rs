@@ -3,6 +3,7 @@
 //! Architecture invariant: a trigger only ever causes a fetch of the config repository; what is
 //! deployed comes from the fetched commits, never from a webhook payload.
 
+pub mod engine;
 pub mod forge;
 pub mod http;
 pub mod metrics;
