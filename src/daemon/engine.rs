@@ -139,7 +139,7 @@ impl EngineDeployer {
         operation_id: &str,
         cancel: CancellationToken,
         log: Arc<OperationLog>,
-    ) -> Result<BTreeMap<String, ServiceStatus>, (Outcome, String)> {
+    ) -> Result<(BTreeMap<String, ServiceStatus>, Option<String>), (Outcome, String)> {
         let failed = |e: String| (Outcome::Failed, e);
         let _one = self.serial.lock().await;
         let state = Arc::new(self.open_state().map_err(failed)?);
@@ -225,7 +225,15 @@ impl EngineDeployer {
             return Err((kind, self.hide(&failed.join("; "))));
         }
         let applied = state.applied().map_err(|e| failed(e.to_string()))?;
-        Ok(services_status(&applied, &job.environment))
+        let source = applied
+            .environments
+            .get(&job.environment)
+            .and_then(|e| e.source_commit.as_ref())
+            .map(|c| {
+                let app = job.environment.split('/').next().unwrap_or_default();
+                format!("{app}@{}", &c[..c.len().min(7)])
+            });
+        Ok((services_status(&applied, &job.environment), source))
     }
 }
 
@@ -295,9 +303,9 @@ impl Deployer for EngineDeployer {
             let result = self
                 .run_job(repo, job, operation_id, cancel, log.clone())
                 .await;
-            let (outcome, error, services) = match result {
-                Ok(services) => (Outcome::Succeeded, None, Some(services)),
-                Err((outcome, error)) => (outcome, Some(error), None),
+            let (outcome, error, services, deployed_source) = match result {
+                Ok((services, source)) => (Outcome::Succeeded, None, Some(services), source),
+                Err((outcome, error)) => (outcome, Some(error), None, None),
             };
             Deployment {
                 outcome,
@@ -314,7 +322,7 @@ impl Deployer for EngineDeployer {
                     tree: log.tree(),
                 },
                 services,
-                deployed_source: None,
+                deployed_source,
             }
         })
     }
