@@ -8,7 +8,7 @@ mod deploy_lab;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use deploy_lab::{Deployment, http_get, lock, reset_hosts, ssh, ssh_ok};
+use deploy_lab::{Deployment, Load, http_get, lock, reset_hosts, ssh, ssh_ok};
 use keystone::plan::AppliedSlice;
 
 struct Shared {
@@ -245,4 +245,124 @@ fn second_apply_of_the_same_commit_changes_nothing() {
     }
     assert!(!out.contains("succeeded shop/"), "a step ran:\n{out}");
     assert_eq!(s.deployment.state().applied().unwrap(), before);
+}
+
+/// The last recorded execution of `env` (`shop/production`).
+fn last_execution(d: &Deployment, env: &str) -> keystone::state::ExecutionRecord {
+    let state = d.state();
+    let ids = state.executions().unwrap();
+    ids.iter()
+        .rev()
+        .filter_map(|id| state.execution(*id).unwrap())
+        .find(|e| e.environment.as_deref() == Some(env))
+        .expect("an execution of the environment")
+}
+
+#[test]
+fn zero_downtime_redeploy_under_load() {
+    let _lab = lock();
+    let g = deployed();
+    let s = g.as_ref().unwrap();
+    assert_converged(s.first.0, &s.first.1);
+    let d = &s.deployment;
+    let before = d.state().applied().unwrap();
+    let old: Vec<_> = before.environment("shop", "production").unwrap().services["web"]
+        .replicas
+        .clone();
+    let marker = format!("zd{}", std::process::id());
+    d.edit("applications/shop/environments/production.yaml", |t| {
+        let line = t
+            .lines()
+            .find(|l| l.trim_start().starts_with("APP_ENV:"))
+            .expect("APP_ENV line")
+            .to_string();
+        t.replacen(&line, &format!("  APP_ENV: production-{marker}"), 1)
+    });
+
+    let load = Load::start("shop.lab.test", 4, 2);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (code, out) = d.apply();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let results = load.finish();
+    assert_converged(code, &out);
+
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(_, _, r)| !matches!(r, Ok((200, b)) if b.contains("shop ")))
+        .map(|(t, p, r)| {
+            format!(
+                "{:?} after start {p}: {r:?}",
+                t.duration_since(results[0].0)
+            )
+        })
+        .collect();
+    let new_answers = results
+        .iter()
+        .filter(|(_, _, r)| matches!(r, Ok((_, b)) if b.contains(&marker)))
+        .count();
+    let slow = results.iter().filter(|(_, p, _)| p != "/").count();
+    eprintln!(
+        "[deploy] zero downtime: {} requests ({slow} slow), {} failed, {new_answers} answered by the new replicas",
+        results.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "failed requests during the redeploy:\n{}",
+        failed.join("\n")
+    );
+    assert!(new_answers > 0, "no request reached the new replicas");
+    let (_, body) = http_get("shop.lab.test").unwrap();
+    assert!(body.contains(&marker), "after the deploy: {body}");
+
+    // The cutover drained the old upstreams before it stopped the old replicas.
+    let exec = last_execution(d, "shop/production");
+    let cutover = exec
+        .operations
+        .iter()
+        .find(|o| o.kind == "gateway_cutover")
+        .expect("a cutover");
+    let names: Vec<&str> = cutover.steps.iter().map(|s| s.name.as_str()).collect();
+    let drain = names
+        .iter()
+        .position(|n| n.starts_with("drain old upstreams"))
+        .expect("drain step");
+    let remove = names
+        .iter()
+        .position(|n| n.starts_with("remove old upstreams"))
+        .expect("remove step");
+    let stops: Vec<usize> = names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.starts_with("stop old "))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(stops.len(), old.len(), "{names:?}");
+    assert!(
+        drain < remove && stops.iter().all(|i| *i > remove),
+        "{names:?}"
+    );
+    let drained = cutover.steps[drain]
+        .output
+        .as_ref()
+        .map(|o| o.text())
+        .unwrap_or_default();
+    assert!(drained.contains("drained after"), "drain output: {drained}");
+    // The old containers are gone; the new ones run.
+    let after = d.state().applied().unwrap();
+    for (o, n) in old
+        .iter()
+        .zip(&after.environment("shop", "production").unwrap().services["web"].replicas)
+    {
+        assert_ne!(o.container, n.container);
+        let gone = ssh(
+            &o.server,
+            &format!("docker inspect {}", keystone::shell::quote(&o.container)),
+        );
+        assert!(
+            !gone.status.success(),
+            "old replica {} still exists",
+            o.container
+        );
+    }
 }

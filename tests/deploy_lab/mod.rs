@@ -92,12 +92,13 @@ pub fn ssh_ok(host: &str, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Remove every container, volume and Keystone directory from the lab hosts (a clean start).
+/// Remove every Keystone container (`keystone-*`), volume (`keystone_*`) and directory from the
+/// lab hosts (a clean start), leaving other tests' containers alone.
 pub fn reset_hosts() {
     for h in HOSTS {
         ssh_ok(
             h,
-            "ids=$(docker ps -aq); [ -z \"$ids\" ] || docker rm -f $ids >/dev/null; docker volume prune -af >/dev/null; rm -rf /home/keystone/services /home/keystone/apps /home/keystone/gateway /home/keystone/operations /home/keystone/environments",
+            "ids=$(docker ps -aq --filter name=^keystone-); [ -z \"$ids\" ] || docker rm -f $ids >/dev/null; vols=$(docker volume ls -q --filter name=^keystone_); [ -z \"$vols\" ] || docker volume rm $vols >/dev/null; rm -rf /home/keystone/services /home/keystone/apps /home/keystone/gateway /home/keystone/operations /home/keystone/environments",
         );
     }
 }
@@ -208,16 +209,21 @@ impl Deployment {
 
 /// One HTTP/1.1 GET through the gateway on web-1 with the given Host header: (status, body).
 pub fn http_get(host_header: &str) -> Result<(u16, String), String> {
+    http_get_path(host_header, "/")
+}
+
+/// `http_get` of a path (`/?sleep=3` holds the answer 3 s in the example app).
+pub fn http_get_path(host_header: &str, path: &str) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(
         &"10.77.0.12:80".parse().unwrap(),
         Duration::from_secs(5),
     )
     .map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(
         s,
-        "GET / HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| format!("write: {e}"))?;
     let mut buf = Vec::new();
@@ -238,4 +244,51 @@ pub fn http_get(host_header: &str) -> Result<(u16, String), String> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// Requests through the gateway from several threads until stopped: every result kept.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<(Instant, String, Result<(u16, String), String>)>>>,
+    pub started: Instant,
+}
+
+impl Load {
+    /// `fast` threads sending `GET /`, `slow` threads sending `GET /?sleep=3` (in flight during
+    /// a cutover's drain).
+    pub fn start(host_header: &str, fast: usize, slow: usize) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for i in 0..fast + slow {
+            let stop = stop.clone();
+            let host = host_header.to_string();
+            let path = if i < fast { "/" } else { "/?sleep=3" };
+            threads.push(std::thread::spawn(move || {
+                let mut out = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let t = Instant::now();
+                    out.push((t, path.to_string(), http_get_path(&host, path)));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                out
+            }));
+        }
+        Load {
+            stop,
+            threads,
+            started: Instant::now(),
+        }
+    }
+
+    /// Stop and return every (start, path, result).
+    pub fn finish(self) -> Vec<(Instant, String, Result<(u16, String), String>)> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut all: Vec<_> = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        all.sort_by_key(|r| r.0);
+        all
+    }
 }
