@@ -366,3 +366,103 @@ fn zero_downtime_redeploy_under_load() {
         );
     }
 }
+
+#[test]
+fn unhealthy_new_replicas_fail_the_service_and_cancel_the_rest() {
+    let _lab = lock();
+    let g = deployed();
+    let s = g.as_ref().unwrap();
+    assert_converged(s.first.0, &s.first.1);
+    let d = &s.deployment;
+    let before = d.state().applied().unwrap();
+    let (_, served_before) = http_get("shop.lab.test").unwrap();
+    let file = "applications/shop/environments/production.yaml";
+    let original = std::fs::read_to_string(d.repo.join(file)).unwrap();
+    // APP_HEALTH=fail: the example app never writes /up, so its health path answers 404.
+    d.edit(file, |t| {
+        t.replacen(
+            "health: {path: /up}",
+            "health: {path: /up, timeout: 10s}",
+            1,
+        )
+        .replacen("variables:\n", "variables:\n  APP_HEALTH: fail\n", 1)
+    });
+    let (code, out) = d.apply();
+    assert_eq!(code, 1, "an unhealthy deploy must exit 1:\n{out}");
+    assert!(
+        out.contains(
+            "shop/production: failed: shop/production/service_deploy/web/replica_deploy/web#"
+        ),
+        "{out}"
+    );
+
+    let exec = last_execution(d, "shop/production");
+    let op = |id: &str| {
+        exec.operation(id).unwrap_or_else(|| {
+            panic!(
+                "no operation {id} in {:?}",
+                exec.operations.iter().map(|o| &o.op_id).collect::<Vec<_>>()
+            )
+        })
+    };
+    assert_eq!(
+        op("shop/production/service_deploy/web").status.as_str(),
+        "failed"
+    );
+    let probe = op("shop/production/service_deploy/web/replica_deploy/web#1")
+        .steps
+        .iter()
+        .find(|s| s.name == "probe /up")
+        .expect("probe step");
+    let why = format!(
+        "{:?} {}",
+        probe.error,
+        probe.output.as_ref().map(|o| o.text()).unwrap_or_default()
+    );
+    assert!(why.contains("did not answer 2xx"), "{why}");
+    assert!(why.contains("last log lines"), "{why}");
+    assert_eq!(
+        op("shop/production/service_deploy/worker").status.as_str(),
+        "cancelled"
+    );
+    let cutover = exec
+        .operations
+        .iter()
+        .find(|o| o.kind == "gateway_cutover")
+        .expect("a cutover");
+    assert_eq!(cutover.status.as_str(), "cancelled");
+
+    // Nothing recorded as applied; the old replicas still serve the old answer.
+    assert_eq!(d.state().applied().unwrap(), before);
+    for _ in 0..20 {
+        let (status, body) = http_get("shop.lab.test").unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            served_before.replace(&host_of(&served_before), &host_of(&body))
+        );
+    }
+    for r in &before.environment("shop", "production").unwrap().services["web"].replicas {
+        let running = ssh_ok(
+            &r.server,
+            &format!(
+                "docker inspect --format '{{{{.State.Status}}}}' {}",
+                keystone::shell::quote(&r.container)
+            ),
+        );
+        assert_eq!(running.trim(), "running", "{}", r.container);
+    }
+
+    // Back to the healthy config: the next apply converges again.
+    d.edit(file, |_| original.clone());
+    let (code, out) = d.apply();
+    assert_converged(code, &out);
+}
+
+/// `host=<container>` of an answer (replicas answer with their own hostname).
+fn host_of(body: &str) -> String {
+    body.split_whitespace()
+        .find(|w| w.starts_with("host="))
+        .unwrap_or("")
+        .to_string()
+}

@@ -1456,6 +1456,23 @@ fn replica_op(e: &Env<'_>, parent: &str, w: &Want, stop_previous: bool) -> Opera
         e.env.services[&w.service].health.timeout + Duration::from_secs(30),
         true,
     ));
+    // The driver's probe: a web replica is healthy once its health path answers on its host
+    // port, whether or not the image defines a container health check.
+    let svc = &e.env.services[&w.service];
+    if drivers::laravel::serves_http(svc) {
+        r.steps.push(script::run(
+            format!("probe {}", svc.health.path),
+            &target,
+            script::replica_probe_script(
+                &w.name,
+                &format!("http://127.0.0.1:{}{}", w.host_port, svc.health.path),
+                svc.health.timeout,
+            ),
+            None,
+            svc.health.timeout + Duration::from_secs(30),
+            true,
+        ));
+    }
     if stop_previous && let Some(p) = &w.previous {
         r.steps.push(script::run(
             format!("stop previous {}", p.container),

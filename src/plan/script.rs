@@ -345,6 +345,17 @@ pub fn http_probe_script(url: &str, timeout: Duration) -> String {
     )
 }
 
+/// Probe a replica's health URL on its own server until it answers 2xx, for at most `timeout`;
+/// on failure print the container's last log lines to stderr and fail.
+pub fn replica_probe_script(container: &str, url: &str, timeout: Duration) -> String {
+    format!(
+        "set -eu\ncontainer={}\nurl={}\nlimit={}\nwaited=0\nuntil curl --silent --fail --output /dev/null --max-time 5 \"$url\"; do\n  if [ \"$waited\" -ge \"$limit\" ]; then\n    echo \"$container: $url did not answer 2xx after ${{waited}}s; last log lines:\" >&2\n    docker logs --tail 50 \"$container\" >&2 || true\n    exit 1\n  fi\n  sleep 2\n  waited=$((waited + 2))\ndone\necho \"$container: $url answers\"\n",
+        quote(container),
+        quote(url),
+        timeout.as_secs(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +457,11 @@ mod tests {
         sh_syntax_ok(&compose_up_script("/a b", "p'q"));
         sh_syntax_ok(&compose_down_script("/a b", "p'q"));
         sh_syntax_ok(&wait_healthy_script("c'$(id)", t));
+        sh_syntax_ok(&replica_probe_script(
+            "c'$(id)",
+            "http://127.0.0.1:1/u p'",
+            t,
+        ));
         sh_syntax_ok(&volume_check_script("keystone_service_x_data"));
         sh_syntax_ok(&volume_same_script("v", "{{volume:x}}"));
         sh_syntax_ok(&compose_run_script(
