@@ -246,10 +246,13 @@ pub fn http_get_path(host_header: &str, path: &str) -> Result<(u16, String), Str
     Ok((status, body))
 }
 
+/// One request of a `Load`: when it started, its path, and its (status, body) or error.
+pub type Sample = (Instant, String, Result<(u16, String), String>);
+
 /// Requests through the gateway from several threads until stopped: every result kept.
 pub struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<Vec<(Instant, String, Result<(u16, String), String>)>>>,
+    threads: Vec<std::thread::JoinHandle<Vec<Sample>>>,
     pub started: Instant,
 }
 
@@ -281,7 +284,7 @@ impl Load {
     }
 
     /// Stop and return every (start, path, result).
-    pub fn finish(self) -> Vec<(Instant, String, Result<(u16, String), String>)> {
+    pub fn finish(self) -> Vec<Sample> {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut all: Vec<_> = self
             .threads
