@@ -466,3 +466,143 @@ fn host_of(body: &str) -> String {
         .unwrap_or("")
         .to_string()
 }
+
+fn psql(password: &str, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "10.77.0.14",
+            "-U",
+            "shop_production",
+            "-d",
+            "shop_production",
+            "-tA",
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "psql `{sql}`: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn postgres_stateful_update_to_a_new_digest_keeps_the_data() {
+    let _lab = lock();
+    let g = deployed();
+    let s = g.as_ref().unwrap();
+    assert_converged(s.first.0, &s.first.1);
+    let d = &s.deployment;
+    let slice = keystone::drivers::SliceKey::new("main-postgres", "shop", "production");
+    let password = d
+        .state()
+        .generated(&keystone::drivers::postgres18::slice_password_key(&slice))
+        .unwrap();
+    let row = format!("written-before-{}", std::process::id());
+    psql(&password, "create table if not exists keep (v text)");
+    psql(&password, &format!("insert into keep values ('{row}')"));
+    let before = d.state().applied().unwrap().services["main-postgres"].clone();
+
+    // A new digest of the same Postgres: the stand-in image with one more label, pushed under a
+    // new tag by build-1's engine.
+    let tag = format!(
+        "10.77.0.1:5000/standin/postgres:18-update-{}",
+        std::process::id()
+    );
+    ssh_ok(
+        "build-1",
+        &format!(
+            "set -e; printf 'FROM 10.77.0.1:5000/standin/postgres:18\\nLABEL keystone.test=stateful-update\\n' | docker build -q -t {t} - >/dev/null; docker push -q {t} >/dev/null",
+            t = keystone::shell::quote(&tag)
+        ),
+    );
+    d.edit("services/main-postgres.yaml", |t| {
+        t.replacen(
+            "image: 10.77.0.1:5000/standin/postgres:18\n",
+            &format!("image: {tag}\n"),
+            1,
+        )
+    });
+    let (code, out) = d.apply();
+    assert_converged(code, &out);
+    for step in [
+        "stop",
+        "verify named volume",
+        "verify same volume",
+        "wait healthy",
+    ] {
+        assert!(
+            out.contains(&format!("succeeded service/main-postgres/db-1 · {step} ")),
+            "no `{step}` in:\n{out}"
+        );
+    }
+    let after = d.state().applied().unwrap().services["main-postgres"].clone();
+    assert_eq!(after.image, tag);
+    let digest = after.digest.clone().unwrap();
+    assert_ne!(
+        Some(&digest),
+        before.digest.as_ref(),
+        "the update must be to a new digest"
+    );
+    // Mounts as `name:destination`: the driver's named volume holds /var/lib/postgresql.
+    let running = ssh_ok(
+        "db-1",
+        "docker inspect --format '{{.Config.Image}}{{range .Mounts}} {{.Name}}:{{.Destination}}{{end}}' keystone-main-postgres",
+    );
+    let mut words = running.split_whitespace();
+    assert_eq!(
+        words.next(),
+        Some(format!("10.77.0.1:5000/standin/postgres@{digest}").as_str())
+    );
+    assert!(
+        words.any(|m| m == "keystone_service_main-postgres_postgres_data:/var/lib/postgresql"),
+        "mounts: {running}"
+    );
+    assert_eq!(
+        psql(&password, &format!("select v from keep where v = '{row}'")),
+        row,
+        "the row written before the update is gone"
+    );
+}
+
+#[test]
+fn no_deploy_key_remains_on_the_builder_after_a_failed_build() {
+    let _lab = lock();
+    let g = deployed();
+    let s = g.as_ref().unwrap();
+    assert_converged(s.first.0, &s.first.1);
+    let d = &s.deployment;
+    let file = "applications/shop/application.yaml";
+    let original = std::fs::read_to_string(d.repo.join(file)).unwrap();
+    d.edit(file, |t| {
+        t.replacen(
+            "dockerfile: Dockerfile",
+            "dockerfile: Dockerfile.missing",
+            1,
+        )
+    });
+    let (code, out) = d.apply();
+    assert_eq!(code, 1, "a failed build must exit 1:\n{out}");
+    assert!(
+        out.contains("failed shop/production/build · clone, build and push"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Dockerfile.missing"),
+        "the cause is shown:\n{out}"
+    );
+    let left = ssh_ok(
+        "build-1",
+        "find /home/keystone -name deploy_key; ls -A /home/keystone/operations 2>/dev/null || true",
+    );
+    assert_eq!(left.trim(), "", "left on build-1 after a failed build");
+    d.edit(file, |_| original.clone());
+    let (code, out) = d.apply();
+    assert_converged(code, &out);
+}

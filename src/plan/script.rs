@@ -265,21 +265,22 @@ exit 1
     )
 }
 
-/// Verify a named volume exists; print its creation time (the identity `verify same volume`
-/// compares) as the last stdout line.
-pub fn volume_check_script(volume: &str) -> String {
+/// Verify a named volume exists; write its identity (name and creation time) to `record` on the
+/// server (for `verify same volume`) and print it.
+pub fn volume_check_script(volume: &str, record: &str) -> String {
     format!(
-        "set -eu\ndocker volume inspect --format '{{{{.Name}}}} {{{{.CreatedAt}}}}' {} || {{ echo \"named volume {} is missing\" >&2; exit 1; }}\n",
+        "set -eu\nnow=$(docker volume inspect --format '{{{{.Name}}}} {{{{.CreatedAt}}}}' {}) || {{ echo \"named volume {} is missing\" >&2; exit 1; }}\nprintf '%s\\n' \"$now\" > {}\necho \"$now\"\n",
         quote(volume),
         volume.replace(['"', '\\', '$', '`'], "_"),
+        quote(record),
     )
 }
 
-/// Compare the volume's identity with the one captured before the update.
-pub fn volume_same_script(volume: &str, before_placeholder: &str) -> String {
+/// Compare the volume's identity with the one `volume_check_script` recorded before the update.
+pub fn volume_same_script(volume: &str, record: &str) -> String {
     format!(
-        "set -eu\nbefore={}\nnow=$(docker volume inspect --format '{{{{.Name}}}} {{{{.CreatedAt}}}}' {})\n[ \"$now\" = \"$before\" ] || {{ echo \"volume changed: was $before, now $now\" >&2; exit 1; }}\necho \"$now\"\n",
-        quote(before_placeholder),
+        "set -eu\nbefore=$(cat {})\nnow=$(docker volume inspect --format '{{{{.Name}}}} {{{{.CreatedAt}}}}' {})\n[ \"$now\" = \"$before\" ] || {{ echo \"volume changed: was $before, now $now\" >&2; exit 1; }}\necho \"same volume: $now\"\n",
+        quote(record),
         quote(volume),
     )
 }
@@ -462,8 +463,8 @@ mod tests {
             "http://127.0.0.1:1/u p'",
             t,
         ));
-        sh_syntax_ok(&volume_check_script("keystone_service_x_data"));
-        sh_syntax_ok(&volume_same_script("v", "{{volume:x}}"));
+        sh_syntax_ok(&volume_check_script("keystone_service_x_data", "/a b/v'"));
+        sh_syntax_ok(&volume_same_script("v", "/a b/v'"));
         sh_syntax_ok(&compose_run_script(
             "/d",
             "p",

@@ -217,16 +217,14 @@ pub(super) fn plan_services(
                     Duration::from_secs(120),
                     true,
                 ));
-                let mut check = script::run(
+                r.steps.push(script::run(
                     "verify named volume",
                     &t,
-                    script::volume_check_script(&volume),
+                    script::volume_check_script(&volume, &format!("{dir}/volume-identity")),
                     None,
                     SHORT,
                     true,
-                );
-                check.capture = Some(format!("volume:{name}"));
-                r.steps.push(check);
+                ));
             } else {
                 r.steps.push(script::run(
                     "create named volume",
@@ -280,10 +278,7 @@ pub(super) fn plan_services(
                 r.steps.push(script::run(
                     "verify same volume",
                     &t,
-                    script::volume_same_script(
-                        &volume,
-                        &Placeholder::token(&format!("volume:{name}")),
-                    ),
+                    script::volume_same_script(&volume, &format!("{dir}/volume-identity")),
                     None,
                     SHORT,
                     true,
