@@ -2,7 +2,6 @@
 //! on the servers, record what converged. One line per step; exit 0 only when every part of the
 //! plan converged, 1 when a part failed or is blocked, 2 on usage or I/O errors.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use keystone::daemon::engine::{
-    random_key, registries, scoped_findings, secret_refs, source_commits,
+    random_key, registries, resolve_secrets, scoped_findings, source_commits,
 };
 use keystone::execute::{
     Event, ExecuteOptions, Observer, PlanRun, Shutdown, SshSettings, Transports,
@@ -63,30 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let fp_key = state.credential("keystone", "fingerprint-key", random_key)?;
 
     // Every secret the config references: value for the executor, fingerprint for the planner.
-    let mut secret_states = BTreeMap::new();
-    let mut values: BTreeMap<String, String> = BTreeMap::new();
-    for r in secret_refs(model) {
-        let path = r.display_path();
-        match resolver.resolve(&r) {
-            Ok(v) => {
-                secret_states.insert(
-                    path.clone(),
-                    plan::SecretState::Fingerprint {
-                        fingerprint: v.fingerprint(fp_key.as_bytes()),
-                    },
-                );
-                values.insert(path, v.expose().to_string());
-            }
-            Err(e) => {
-                secret_states.insert(
-                    path,
-                    plan::SecretState::Undecryptable {
-                        reason: e.to_string(),
-                    },
-                );
-            }
-        }
-    }
+    let (secret_states, values) = resolve_secrets(&resolver, model, &fp_key);
 
     let diagnostics = scoped_findings(&loaded.diagnostics);
     let ctx = PlanContext {

@@ -89,30 +89,7 @@ impl EngineDeployer {
         let fp_key = state
             .credential("keystone", "fingerprint-key", random_key)
             .map_err(|e| e.to_string())?;
-        let mut secret_states = BTreeMap::new();
-        let mut values = BTreeMap::new();
-        for r in secret_refs(&loaded.model) {
-            let path = r.display_path();
-            match resolver.resolve(&r) {
-                Ok(v) => {
-                    secret_states.insert(
-                        path.clone(),
-                        plan::SecretState::Fingerprint {
-                            fingerprint: v.fingerprint(fp_key.as_bytes()),
-                        },
-                    );
-                    values.insert(path, v.expose().to_string());
-                }
-                Err(e) => {
-                    secret_states.insert(
-                        path,
-                        plan::SecretState::Undecryptable {
-                            reason: e.to_string(),
-                        },
-                    );
-                }
-            }
-        }
+        let (secret_states, values) = resolve_secrets(&resolver, &loaded.model, &fp_key);
         let diagnostics = scoped_findings(&loaded.diagnostics);
         Ok(Prepared {
             loaded,
@@ -493,6 +470,43 @@ pub fn random_key() -> String {
 }
 
 /// Every `{secret: …}` reference of the model.
+/// Every secret the config references, resolved: its value for the executor's placeholders and its
+/// state for the planner (a keyed fingerprint, or why it cannot be decrypted).
+pub fn resolve_secrets(
+    resolver: &crate::secrets::Resolver,
+    model: &Model,
+    fingerprint_key: &str,
+) -> (
+    BTreeMap<String, plan::SecretState>,
+    BTreeMap<String, String>,
+) {
+    let mut secret_states = BTreeMap::new();
+    let mut values = BTreeMap::new();
+    for r in secret_refs(model) {
+        let path = r.display_path();
+        match resolver.resolve(&r) {
+            Ok(v) => {
+                secret_states.insert(
+                    path.clone(),
+                    plan::SecretState::Fingerprint {
+                        fingerprint: v.fingerprint(fingerprint_key.as_bytes()),
+                    },
+                );
+                values.insert(path, v.expose().to_string());
+            }
+            Err(e) => {
+                secret_states.insert(
+                    path,
+                    plan::SecretState::Undecryptable {
+                        reason: e.to_string(),
+                    },
+                );
+            }
+        }
+    }
+    (secret_states, values)
+}
+
 pub fn secret_refs(model: &Model) -> Vec<SecretRef> {
     let mut out = Vec::new();
     let mut add = |v: &Option<Value>| {
