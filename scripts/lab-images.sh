@@ -68,12 +68,19 @@ build_rootfs() { # tarball
     mkdir -p "$CACHE"
     root=$(mktemp -d "$CACHE/root.XXXXXX")
     log "images: debootstrap bookworm (postgresql-15, redis-server) from $(debian_mirror); cached as $tar"
-    if ! debootstrap --variant=minbase --include=postgresql-15,redis-server bookworm "$root" "$(debian_mirror)" \
-        >"$CACHE/debootstrap.log" 2>&1; then
+    # A mirror download can stall or drop on a busy network; one clean retry before giving up.
+    local attempt
+    for attempt in 1 2; do
+        if debootstrap --variant=minbase --include=postgresql-15,redis-server bookworm "$root" "$(debian_mirror)" \
+            >"$CACHE/debootstrap.log" 2>&1; then
+            break
+        fi
         umount -R "$root/proc" "$root/sys" 2>/dev/null || true
         rm -rf --one-file-system "$root"
-        die "debootstrap failed; see $CACHE/debootstrap.log"
-    fi
+        [ "$attempt" = 1 ] || die "debootstrap failed twice; see $CACHE/debootstrap.log"
+        log "images: debootstrap failed ($(tail -n 1 "$CACHE/debootstrap.log")); retrying once"
+        root=$(mktemp -d "$CACHE/root.XXXXXX")
+    done
     trim_rootfs "$root"
     tar -C "$root" --numeric-owner -cf "$tar.tmp" .
     mv "$tar.tmp" "$tar"
@@ -137,10 +144,6 @@ start_rootfs_prefetch() {
 ensure_rootfs_image() {
     local tar ref
     tar=$(rootfs_tarball)
-    if [ -n "$ROOTFS_PID" ]; then
-        wait "$ROOTFS_PID" || die "building the rootfs failed; see $CACHE/debootstrap.log"
-        ROOTFS_PID=
-    fi
     ref="keystone-lab/rootfs:$(basename "$tar" .tar | sed 's/^rootfs-//; s/[^A-Za-z0-9_.-]/_/g' | cut -c1-120)"
     if ! b1docker image inspect "$ref" >/dev/null 2>&1; then
         [ -s "$tar" ] || build_rootfs "$tar"
@@ -153,6 +156,11 @@ ensure_rootfs_image() {
 build_debian_standin() { # name tag
     local name=$1 tag=$2 rootfs ref
     ref=$REGISTRY/standin/$name:$tag
+    # The prefetch is a child of this shell, not of the $(…) below: wait for it here.
+    if [ -n "$ROOTFS_PID" ]; then
+        wait "$ROOTFS_PID" || die "building the rootfs failed; see $CACHE/debootstrap.log"
+        ROOTFS_PID=
+    fi
     rootfs=$(ensure_rootfs_image) || die "no rootfs image for $ref"
     b1docker build -q --build-arg "ROOTFS=$rootfs" -t "$ref" "$FIXTURES/$name" \
         >"$STATE/images/$name.build.log" 2>&1 || die "build of $ref failed; see $STATE/images/$name.build.log"

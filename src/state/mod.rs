@@ -34,6 +34,10 @@ pub const DB_FILE: &str = "state.sqlite3";
 /// The lock file that makes one process the owner of a state directory.
 pub const LOCK_FILE: &str = "keystone.lock";
 
+/// How often, and how long apart, `open` tries a held lock before reporting it as owned.
+const LOCK_ATTEMPTS: u32 = 20;
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state database {path}: {source}")]
@@ -193,18 +197,28 @@ impl State {
                 path: lock_path.display().to_string(),
                 source,
             })?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(StateError::Locked {
-                    path: dir.display().to_string(),
-                });
-            }
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(StateError::Io {
-                    path: lock_path.display().to_string(),
-                    source,
-                });
+        // A lock can outlive its owner for a moment: a child forked by another thread holds a copy
+        // of the descriptor until it execs, and a process that just exited may not be reaped yet.
+        // A short wait tells that apart from a second keystone that really owns the directory.
+        let mut attempts = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if attempts < LOCK_ATTEMPTS => {
+                    attempts += 1;
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StateError::Locked {
+                        path: dir.display().to_string(),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(source)) => {
+                    return Err(StateError::Io {
+                        path: lock_path.display().to_string(),
+                        source,
+                    });
+                }
             }
         }
         let db = dir.join(DB_FILE);
