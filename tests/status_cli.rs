@@ -105,3 +105,64 @@ fn migrate_without_a_daemon_says_how_to_reach_one() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `keystone retry APP/ENV` posts the environment to the daemon's `/api/retry` and prints what
+/// the daemon queued (a one-request HTTP server on loopback stands in for the daemon's API).
+#[test]
+fn retry_asks_the_daemon_and_prints_what_it_queued() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Read the head, then as many body bytes as Content-Length says.
+        loop {
+            let n = conn.read(&mut buf).unwrap();
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if request.len() >= end + 4 + length {
+                    break;
+                }
+            }
+        }
+        let body = r#"{"queued":"retry of shop/production queued"}"#;
+        write!(
+            conn,
+            "HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        String::from_utf8(request).unwrap()
+    });
+    let out = Command::cargo_bin("keystone")
+        .unwrap()
+        .args(["retry", "shop/production", "--daemon"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .unwrap();
+    let request = server.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "retry of shop/production queued; its log goes to the status branch\n"
+    );
+    assert!(
+        request.starts_with("POST /api/retry HTTP/1.1\r\n"),
+        "{request}"
+    );
+    assert!(
+        request.ends_with("\r\n\r\n{\"environment\":\"shop/production\"}"),
+        "{request}"
+    );
+}

@@ -1,6 +1,8 @@
 //! `keystone migrate APP/ENV [--daemon URL]`: ask the running daemon to run the environment's
-//! migrations now (also for `mode: manual`). The daemon queues it behind any deploy of that
-//! environment and records it as an operation on the status branch.
+//! migrations now (also for `mode: manual`). `keystone retry APP/ENV`: ask it to deploy the
+//! environment's current commit again (a failed commit is never retried by itself). The daemon
+//! queues either behind any deploy of that environment and records it as an operation on the
+//! status branch.
 
 use std::process::ExitCode;
 
@@ -18,7 +20,18 @@ pub struct Args {
     pub daemon: String,
 }
 
+/// `keystone migrate`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    request(args, "migrate")
+}
+
+/// `keystone retry`.
+pub fn retry(args: Args) -> anyhow::Result<ExitCode> {
+    request(args, "retry")
+}
+
+/// POST `{"environment": …}` to the daemon's `/api/<call>` and print what it answered.
+fn request(args: Args, call: &str) -> anyhow::Result<ExitCode> {
     if args.environment.split_once('/').is_none() {
         eprintln!(
             "error: expected APP/ENV (e.g. shop/production), got {:?}",
@@ -30,7 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    let url = format!("{}/api/migrate", args.daemon.trim_end_matches('/'));
+    let url = format!("{}/api/{call}", args.daemon.trim_end_matches('/'));
     let result = rt.block_on(async {
         let resp = reqwest::Client::new()
             .post(&url)

@@ -39,11 +39,13 @@ enum Command {
     Status(status::Args),
     /// Ask the running daemon to run an environment's migrations now.
     Migrate(migrate::Args),
+    /// Ask the running daemon to deploy an environment's current commit again (after a failure).
+    Retry(migrate::Args),
     /// Print the plan of a config commit, or with --base/--head what a pull request changes.
     Plan(plan::Args),
-    /// SOPS/age secret files: decrypt, encrypt, set, edit (compatible with `sops`).
     /// Print (or write under --out) the exact files each server would receive for APP/ENV.
     Render(render::Args),
+    /// SOPS/age secret files: decrypt, encrypt, set, edit (compatible with `sops`).
     Secrets(secrets::Args),
     /// Check a config repository (a directory or a commit) and report every problem.
     Validate(validate::Args),
@@ -68,6 +70,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Render(args) => render::run(args),
         Command::Migrate(args) => migrate::run(args),
+        Command::Retry(args) => migrate::retry(args),
         Command::Plan(args) => plan::run(args),
         Command::Secrets(args) => secrets::run(args),
         Command::Validate(args) => validate::run(args),
