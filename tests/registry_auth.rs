@@ -257,6 +257,7 @@ async fn credentials_reach_a_registry_that_requires_them_and_nowhere_else() {
     // A wrong password: the pull step fails with the registry's answer, the password nowhere.
     let tmp: PathBuf = work.path().join("op-wrong");
     let (code, stdout, stderr) = pull(&reference, &login(&host, "not-the-password"), &tmp).await;
+    eprintln!("[registry] a wrong password, as the step shows it:\n{stderr}");
     assert_ne!(code, Some(0));
     assert!(
         stderr.contains("401 Unauthorized") || stderr.contains("unauthorized"),
