@@ -1,5 +1,6 @@
 //! `keystone apply`: plan the config repository against the recorded applied state, run the plan
-//! on the servers, record what converged. One line per step; exit 0 only when every part of the
+//! on the servers, record what converged. One line per step (and on a terminal a progress bar per
+//! running operation); exit 0 only when every part of the
 //! plan converged, 1 when a part failed or is blocked, 2 on usage or I/O errors.
 
 use std::path::{Path, PathBuf};
@@ -11,9 +12,7 @@ use anyhow::Context;
 use keystone::daemon::engine::{
     random_key, registries, resolve_secrets, scoped_findings, source_commits,
 };
-use keystone::execute::{
-    Event, ExecuteOptions, Observer, PlanRun, Shutdown, SshSettings, Transports,
-};
+use keystone::execute::{ExecuteOptions, PlanRun, Progress, Shutdown, SshSettings, Transports};
 use keystone::plan::{self, Desired, EnvironmentStatus, PlanContext};
 use keystone::secrets::{Identities, Resolver};
 use keystone::state::{State, StateValues};
@@ -102,7 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let run = PlanRun {
         transport,
         state: state.clone(),
-        observer: Arc::new(PrintSteps),
+        observer: Arc::new(Progress::stdout()),
         redactor: redactor.clone(),
         options: ExecuteOptions::default(),
         values: Some(Arc::new(StateValues::new(state.clone(), move |p| {
@@ -161,48 +160,4 @@ fn head_commit(repo: &Path) -> anyhow::Result<String> {
         .and_then(|h| h.peel_to_commit())
         .context("the config repository has no commit")?;
     Ok(head.id().to_string())
-}
-
-/// One line per finished step: `ok|FAILED <op id> <step> (<duration>)`, failures with the tail of
-/// their (already redacted) output.
-struct PrintSteps;
-
-impl Observer for PrintSteps {
-    fn on_event(&self, event: &Event<'_>) {
-        match event {
-            Event::StepFinished {
-                op,
-                step,
-                status,
-                error,
-                duration,
-                output,
-                retry_in,
-                ..
-            } => {
-                let d = keystone::execute::human(*duration);
-                println!("{status:>9} {} · {} ({d})", op.id, step.name);
-                if error.is_some() || retry_in.is_some() {
-                    if let Some(e) = error {
-                        println!("          {e}");
-                    }
-                    for line in output
-                        .text()
-                        .lines()
-                        .rev()
-                        .take(20)
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .rev()
-                    {
-                        println!("          | {line}");
-                    }
-                }
-            }
-            Event::StepSkipped {
-                op, step, status, ..
-            } => println!("{status:>9} {} · {}", op.id, step.name),
-            _ => {}
-        }
-    }
 }

@@ -48,7 +48,8 @@ impl Status {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, so `{:>9}` aligns the step lines of `keystone apply`.
+        f.pad(self.as_str())
     }
 }
 

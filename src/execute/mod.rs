@@ -10,6 +10,7 @@ pub mod local;
 pub mod orchestrator;
 pub mod output;
 pub mod placeholders;
+pub mod progress;
 pub mod registry;
 pub mod ssh;
 mod stdio;
@@ -23,6 +24,7 @@ pub use orchestrator::{
 };
 pub use output::{CappedText, Output, Redactor, Stream};
 pub use placeholders::{NoValues, Values};
+pub use progress::Progress;
 pub use registry::{DigestResolver, HttpDigestResolver, RegistryAccess, split_image};
 pub use ssh::{SshSettings, SshTransport, Transports};
 pub use transport::{BoxFuture, Transport, TransportError};
