@@ -1,10 +1,9 @@
-//! SIGKILL mid-plan, then a second run converges.
-//!
-//! `keystone apply` needs the config loader, which is not in the crate yet; this test is its
-//! stand-in over the same library path (`execute::run_plan` with a real `State` directory and the
-//! ssh transport on the lab). It re-executes its own binary as the process to kill (so no
-//! product binary is added for a test): with KS_ENGINE_KILL_CHILD set it runs the plan and prints
-//! each step as it starts; the parent kills it with SIGKILL while a step runs on two hosts.
+//! SIGKILL mid-plan, then a second run converges — at the engine's level: a hand-written plan
+//! run through `execute::run_plan` with a real `State` directory and the ssh transport on the
+//! lab, so the kill lands while a step runs on two hosts at once. (tests/apply_signals.rs does the
+//! same to the `keystone apply` binary deploying the example.) It re-executes its own binary as
+//! the process to kill: with KS_ENGINE_KILL_CHILD set it runs the plan and prints each step as it
+//! starts; the parent kills it with SIGKILL.
 //! (`harness = false`: this file has its own `main`.)
 
 mod engine_lab;
