@@ -9,11 +9,11 @@
 mod deploy_lab;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use deploy_lab::{Deployment, ROOT, http_get, lab_env, lock, reset_hosts};
+use deploy_lab::{Deployment, http_get, lock, reset_hosts};
 use keystone::execute::Status;
 
 /// The step line after which the replica's `start` step runs (on web-1).
@@ -35,16 +35,8 @@ impl Drop for Running {
 }
 
 fn start_apply(d: &Deployment) -> Running {
-    let env = lab_env();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keystone"))
-        .arg("apply")
-        .arg("--repo")
-        .arg(&d.repo)
-        .arg("--state")
-        .arg(&d.state)
-        .args(["--ssh-key", env["client_key"].as_str().unwrap()])
-        .arg("--age-key-file")
-        .arg(format!("{ROOT}/examples/config-repo/TEST-ONLY-age-key.txt"))
+    let mut child = d
+        .keystone("apply")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -166,21 +166,26 @@ impl Deployment {
         git(&self.repo, &["commit", "-qam", &format!("edit {file}")]);
     }
 
-    /// `keystone apply` of the repository's HEAD; (exit code, stdout + stderr).
-    pub fn apply(&self) -> (i32, String) {
+    /// `keystone <command> --repo … --state …` with the lab's client key and the example's
+    /// test-only age key.
+    pub fn keystone(&self, command: &str) -> Command {
         let env = lab_env();
-        let t = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_keystone"))
-            .arg("apply")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keystone"));
+        cmd.arg(command)
             .arg("--repo")
             .arg(&self.repo)
             .arg("--state")
             .arg(&self.state)
             .args(["--ssh-key", env["client_key"].as_str().unwrap()])
             .arg("--age-key-file")
-            .arg(format!("{ROOT}/examples/config-repo/TEST-ONLY-age-key.txt"))
-            .output()
-            .expect("run keystone apply");
+            .arg(format!("{ROOT}/examples/config-repo/TEST-ONLY-age-key.txt"));
+        cmd
+    }
+
+    /// `keystone apply` of the repository's HEAD; (exit code, stdout + stderr).
+    pub fn apply(&self) -> (i32, String) {
+        let t = Instant::now();
+        let out = self.keystone("apply").output().expect("run keystone apply");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
