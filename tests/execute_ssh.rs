@@ -325,7 +325,7 @@ async fn a_changed_host_key_is_refused_and_nothing_runs_there() {
     assert_eq!(
         web_1.error.as_deref().unwrap(),
         format!(
-            "step `touch marker`: host key for web-1 (10.77.0.12:22) does not match the key pinned in servers/web-1.yaml: the server presented {}; nothing was run there. If the server was reinstalled, pin its new key (ssh-keyscan -p 22 10.77.0.12)",
+            "step `touch marker`: host key for web-1 (10.77.0.12:22) does not match the key pinned in servers/web-1.yaml: the server presented {}; nothing was run there. If the server was reinstalled, pin its new key (ssh-keyscan -t ed25519 -p 22 10.77.0.12, without the host name)",
             fingerprint(&lab.host_key("web-1"))
         )
     );

@@ -506,7 +506,7 @@ fn check_secret(st: &mut State, r: &SecretRef, scope: Scope) -> bool {
             let hint = match parse::closest_key(&r.key_path, file) {
                 Some(k) => format!("did you mean `{}.{k}`?", r.file),
                 None => format!(
-                    "add it with `keystone secrets set {} {}`",
+                    "add it with `keystone secrets set {} {} VALUE`",
                     file.path,
                     r.key_path.join(".")
                 ),
@@ -531,7 +531,10 @@ fn check_secret(st: &mut State, r: &SecretRef, scope: Scope) -> bool {
         None => {
             let hint = match did_you_mean(&r.file, st.secret_files.keys().map(String::as_str)) {
                 Some(m) => format!("did you mean `{m}`?"),
-                None => format!("create `secrets/{}.sops.yaml`", r.file),
+                None => format!(
+                    "create it: write the plaintext to `secrets/{0}.sops.yaml`, then `keystone secrets encrypt -i secrets/{0}.sops.yaml`",
+                    r.file
+                ),
             };
             st.error(
                 &r.origin.file,

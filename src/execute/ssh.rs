@@ -208,7 +208,7 @@ impl SshTransport {
                 .map(|fp| fp.trim_end_matches('.').to_string());
             let detail = match presented {
                 Some(fp) => format!(
-                    "the server presented {fp}; nothing was run there. If the server was reinstalled, pin its new key (ssh-keyscan -p {} {})",
+                    "the server presented {fp}; nothing was run there. If the server was reinstalled, pin its new key (ssh-keyscan -t ed25519 -p {} {}, without the host name)",
                     server.port, server.host
                 ),
                 None => format!(
