@@ -17,19 +17,32 @@ use crate::plan::{self, Desired, Finding, PlanContext, ScopedFinding};
 use crate::secrets::{Identities, Redactor, Resolver};
 use crate::state::{State, StateValues};
 use crate::status::{
-    Health, OperationRecord, Outcome, ReplicaStatus, ServiceStatus, SyncState, Timestamp,
+    Health, OperationNode, OperationRecord, Outcome, ReplicaStatus, ServiceStatus, SyncState,
+    Timestamp,
 };
 
 /// The planner's per-comment size limit.
 const COMMENT_LIMIT: usize = plan::MARKDOWN_LIMIT;
 
+#[derive(Clone)]
 pub struct EngineDeployer {
     state_dir: PathBuf,
     age_key_file: Option<PathBuf>,
     ssh_key: Option<PathBuf>,
     redactor: Redactor,
     /// One plan runs at a time: shared services are part of every environment's plan.
-    serial: tokio::sync::Mutex<()>,
+    serial: Arc<tokio::sync::Mutex<()>>,
+    /// Opened on first use and kept: the daemon owns its state directory (its lock) while it
+    /// runs, and a pull request's plan can be computed while a deploy holds the state.
+    state: Arc<std::sync::Mutex<Option<Arc<State>>>>,
+}
+
+/// What a job runs: the plan of its environment, with what executing it needs.
+struct Planned {
+    state: Arc<State>,
+    model: Model,
+    plan: plan::Plan,
+    values: BTreeMap<String, String>,
 }
 
 /// A commit loaded with its secrets resolved.
@@ -51,7 +64,8 @@ impl EngineDeployer {
             age_key_file,
             ssh_key,
             redactor: Redactor::new(),
-            serial: tokio::sync::Mutex::new(()),
+            serial: Arc::new(tokio::sync::Mutex::new(())),
+            state: Arc::default(),
         }
     }
 
@@ -60,12 +74,20 @@ impl EngineDeployer {
         self.redactor.redact(text).into_owned()
     }
 
-    fn open_state(&self) -> Result<State, String> {
+    /// The state, opened the first time (which marks what a killed daemon left running as
+    /// interrupted).
+    fn open_state(&self) -> Result<Arc<State>, String> {
+        let mut slot = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(state) = slot.as_ref() {
+            return Ok(state.clone());
+        }
         let mut state = State::open(&self.state_dir).map_err(|e| e.to_string())?;
         if let Some(path) = &self.age_key_file {
             state =
                 state.with_identity(crate::state::load_identity(path).map_err(|e| e.to_string())?);
         }
+        let state = Arc::new(state);
+        *slot = Some(state.clone());
         Ok(state)
     }
 
@@ -109,25 +131,23 @@ impl EngineDeployer {
         }
     }
 
-    async fn run_job(
+    /// Open the state, load the commit, resolve its secrets and plan `job`'s environment.
+    /// Blocking: git, SQLite, decryption and `git ls-remote` of the application sources.
+    fn plan_job(
         &self,
         repo: &Path,
         job: &Job,
         operation_id: &str,
-        cancel: CancellationToken,
-        log: Arc<OperationLog>,
-    ) -> Result<(BTreeMap<String, ServiceStatus>, Option<String>), (Outcome, String)> {
+    ) -> Result<Planned, (Outcome, String)> {
         let failed = |e: String| (Outcome::Failed, e);
-        let _one = self.serial.lock().await;
-        let state = Arc::new(self.open_state().map_err(failed)?);
+        let state = self.open_state().map_err(failed)?;
         let commit = resolve_commit(repo, &job.commit).map_err(failed)?;
         let p = self.prepare(repo, &commit, &state).map_err(failed)?;
-        let model = &p.loaded.model;
         let ctx = Self::context(&p, &commit, operation_id.to_string());
         let applied = state.applied().map_err(|e| failed(e.to_string()))?;
         let mut plan = plan::plan(
             Desired {
-                model,
+                model: &p.loaded.model,
                 diagnostics: &p.diagnostics,
             },
             &applied,
@@ -154,6 +174,42 @@ impl EngineDeployer {
                 self.hide(&format!("blocked: {}", why.join("; "))),
             ));
         }
+        Ok(Planned {
+            state,
+            model: p.loaded.model,
+            plan,
+            values: p.values,
+        })
+    }
+
+    async fn run_job(
+        &self,
+        repo: &Path,
+        job: &Job,
+        operation_id: &str,
+        cancel: CancellationToken,
+        log: Arc<OperationLog>,
+    ) -> Result<(BTreeMap<String, ServiceStatus>, Option<String>), (Outcome, String)> {
+        let failed = |e: String| (Outcome::Failed, e);
+        let _one = self.serial.lock().await;
+        // Planning blocks (git, SQLite, decryption, ls-remote): off the runtime's worker threads.
+        let me = self.clone();
+        let (r, j, id) = (repo.to_path_buf(), job.clone(), operation_id.to_string());
+        let t = std::time::Instant::now();
+        let Planned {
+            state,
+            model,
+            plan,
+            values,
+        } = tokio::task::spawn_blocking(move || me.plan_job(&r, &j, &id))
+            .await
+            .map_err(|e| failed(format!("planning stopped: {e}")))??;
+        tracing::info!(
+            operation = operation_id,
+            ms = t.elapsed().as_millis() as u64,
+            "planned"
+        );
+        let model = &model;
         let identity = self
             .ssh_key
             .clone()
@@ -162,7 +218,7 @@ impl EngineDeployer {
             model,
             SshSettings::new(self.state_dir.join("ssh"), identity),
         ));
-        let secret_values = p.values.clone();
+        let secret_values = values.clone();
         let run = PlanRun {
             transport,
             state: state.clone(),
@@ -175,7 +231,7 @@ impl EngineDeployer {
                     .cloned()
                     .ok_or_else(|| format!("no secret {path} among the decrypted secrets"))
             }))),
-            digests: Some(Arc::new(registries(model, &p.values))),
+            digests: Some(Arc::new(registries(model, &values))),
         };
         let shutdown = Shutdown::new();
         let trigger = shutdown.clone();
@@ -276,7 +332,12 @@ impl Deployer for EngineDeployer {
     ) -> BoxFuture<'a, Deployment> {
         Box::pin(async move {
             let started = Timestamp::now();
-            let log = Arc::new(OperationLog::default());
+            let log = Arc::new(OperationLog::new(format!(
+                "{} {} @{}",
+                job.kind.as_str(),
+                job.environment,
+                crate::status::render::short(&job.commit)
+            )));
             let result = self
                 .run_job(repo, job, operation_id, cancel, log.clone())
                 .await;
@@ -355,6 +416,103 @@ impl Deployer for EngineDeployer {
     fn redact(&self, text: &str) -> String {
         self.hide(text)
     }
+
+    fn interrupted_tree(&self, operation: &OperationRecord) -> Option<OperationNode> {
+        let state = self.open_state().ok()?;
+        recorded_tree(&state, operation)
+    }
+}
+
+/// What the state database recorded of `operation` (its executions, from the shared services it
+/// ran to its environment), as the status branch's tree. `None` when nothing was recorded.
+///
+/// The environment's execution is the one whose root operation carries the operation id; the
+/// shared-service executions (their ids carry no operation id) are those started between the
+/// operation's start and that execution's.
+pub fn recorded_tree(state: &State, operation: &OperationRecord) -> Option<OperationNode> {
+    let parse = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .map(|d| d.unix_timestamp())
+    };
+    let prefix = format!("{}-", operation.id);
+    let mut env_part = None;
+    let mut shared = Vec::new();
+    for id in state.executions().ok()?.into_iter().rev() {
+        let Ok(Some(exec)) = state.execution(id) else {
+            continue;
+        };
+        let started = parse(&exec.started_at).unwrap_or(i64::MIN);
+        if started < operation.started.0 {
+            break;
+        }
+        let root = exec.operations.first()?;
+        if root.op_id.starts_with(&prefix) {
+            env_part = Some(exec);
+        } else if env_part.is_some() && exec.environment.is_none() {
+            shared.push(exec);
+        }
+    }
+    let env_part = env_part?;
+    let mut parts: Vec<OperationNode> = shared.iter().rev().filter_map(execution_tree).collect();
+    parts.extend(execution_tree(&env_part));
+    super::record::join_parts(
+        &format!(
+            "{} {} @{}",
+            operation.kind,
+            operation.environment,
+            crate::status::render::short(&operation.commit)
+        ),
+        parts,
+    )
+}
+
+/// One recorded execution as a tree of nodes (operations are stored depth first).
+fn execution_tree(exec: &crate::state::ExecutionRecord) -> Option<OperationNode> {
+    use crate::status::{NodeStatus, StepRecord};
+    let parse = |t: &Option<String>| {
+        t.as_deref().and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+    };
+    fn build(
+        ops: &[crate::state::OperationRecord],
+        i: usize,
+        node_of: &dyn Fn(&crate::state::OperationRecord) -> OperationNode,
+    ) -> OperationNode {
+        let mut node = node_of(&ops[i]);
+        for (j, o) in ops.iter().enumerate().skip(i + 1) {
+            if o.parent_op_id.as_deref() == Some(ops[i].op_id.as_str()) {
+                node.children.push(build(ops, j, node_of));
+            }
+        }
+        node
+    }
+    let node_of = |o: &crate::state::OperationRecord| OperationNode {
+        title: o.title.clone(),
+        status: super::record::node_status(o.status),
+        duration_ms: match (parse(&o.started_at), parse(&o.finished_at)) {
+            (Some(a), Some(b)) => Some((b - a).whole_milliseconds().max(0) as u64),
+            _ => None,
+        },
+        steps: o
+            .steps
+            .iter()
+            .map(|s| StepRecord {
+                name: s.name.clone(),
+                target: s.target.clone(),
+                status: match s.status {
+                    crate::execute::Status::Cancelled => NodeStatus::Skipped,
+                    other => super::record::node_status(other),
+                },
+                duration_ms: None,
+                output: s.output.as_ref().map(|o| o.text()).unwrap_or_default(),
+                error: s.error.clone(),
+            })
+            .collect(),
+        children: Vec::new(),
+    };
+    (!exec.operations.is_empty()).then(|| build(&exec.operations, 0, &node_of))
 }
 
 fn resolve_commit(repo: &Path, rev: &str) -> Result<String, String> {
