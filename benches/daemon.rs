@@ -201,8 +201,10 @@ impl Daemon {
         std::fs::write(dir.join("hook"), HOOK).unwrap();
         let log = dir.join("daemon.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keystone"));
+        // A file:// URL: the daemon does not watch it with notify, so only the webhook (not the
+        // push itself) tells it about a commit.
         cmd.args(["--log", "keystone=info", "daemon", "--repo"])
-            .arg(remote)
+            .arg(format!("file://{}", remote.display()))
             .arg("--state")
             .arg(state)
             .arg("--age-key-file")
@@ -405,40 +407,78 @@ fn wait_until(what: &str, limit: Duration, daemon: &mut Daemon, mut f: impl FnMu
     daemon.wait(what, limit, |_| f().then_some(()));
 }
 
-fn print_daemon_figures(
-    daemon: &mut Daemon,
-    latencies: &mut [Duration],
-    scan: &mut [Duration],
-    started: &mut [Duration],
-    what: &str,
-) {
-    println!(
-        "webhook → first step ({what}, {}): {}  (target < 500 ms)",
-        profile(),
-        figures(latencies)
-    );
-    println!(
-        "  of which webhook → new commit queued (fetch + load of the commit): {}",
-        figures(scan)
-    );
-    println!(
-        "  of which webhook → deploy started (+ status commits `config …` and `… started`): {}",
-        figures(started)
-    );
-    std::thread::sleep(Duration::from_secs(5));
-    let (rss, peak) = daemon.rss_kib();
-    println!(
-        "idle daemon RSS ({}, 5 s after its last deploy): {:.1} MiB, peak {:.1} MiB  (target < 40 MB)",
-        profile(),
-        rss as f64 / 1024.0,
-        peak as f64 / 1024.0
-    );
-    let mut writes = status_writes(&daemon.log());
-    println!(
-        "status commit + push by the daemon (real snapshots, local bare remote, {}): {}  (target < 200 ms)",
-        profile(),
-        figures(&mut writes)
-    );
+/// The figures of the webhook rounds, from the daemon's log.
+#[derive(Default)]
+struct Rounds {
+    first_step: Vec<Duration>,
+    new_commit: Vec<Duration>,
+    started: Vec<Duration>,
+    planned: Vec<Duration>,
+}
+
+impl Rounds {
+    /// Wait for this round's log lines, the webhook having been sent at `sent`.
+    fn measure(&mut self, daemon: &mut Daemon, sent: OffsetDateTime, limit: Duration) {
+        let after = |what: &'static str| move |log: &str| first_after(log, sent, what);
+        self.first_step
+            .push(daemon.wait("a step started", limit, after("step started")));
+        self.new_commit
+            .push(daemon.wait("a new commit", limit, after("new commit")));
+        self.started
+            .push(daemon.wait("a deploy start", limit, |log| {
+                log.lines().find_map(|l| {
+                    let (t, rest) = stamped(l)?;
+                    (t >= sent
+                        && rest.contains("status branch written")
+                        && rest.contains(" started"))
+                    .then(|| (t - sent).unsigned_abs())
+                })
+            }));
+        self.planned.push(daemon.wait("a plan", limit, |log| {
+            log.lines().find_map(|l| {
+                let (t, rest) = stamped(l)?;
+                if t < sent || !rest.contains(" planned ") {
+                    return None;
+                }
+                let v = rest.split(" ms=").nth(1)?.split(' ').next()?;
+                Some(Duration::from_millis(v.trim().parse().ok()?))
+            })
+        }));
+    }
+
+    fn print(&mut self, daemon: &mut Daemon, what: &str) {
+        println!(
+            "webhook → first step ({what}, {}): {}  (target < 500 ms)",
+            profile(),
+            figures(&mut self.first_step)
+        );
+        println!(
+            "  webhook → new commit queued (fetch + load of the commit): {}",
+            figures(&mut self.new_commit)
+        );
+        println!(
+            "  webhook → deploy started (+ status commits `config …` and `… started`): {}",
+            figures(&mut self.started)
+        );
+        println!(
+            "  planning the job (load, decrypt secrets, ls-remote of the app source, plan): {}",
+            figures(&mut self.planned)
+        );
+        std::thread::sleep(Duration::from_secs(5));
+        let (rss, peak) = daemon.rss_kib();
+        println!(
+            "idle daemon RSS ({}, 5 s after its last deploy): {:.1} MiB, peak {:.1} MiB  (target < 40 MB)",
+            profile(),
+            rss as f64 / 1024.0,
+            peak as f64 / 1024.0
+        );
+        let mut writes = status_writes(&daemon.log());
+        println!(
+            "status commit + push by the daemon (real snapshots, local bare remote, {}): {}  (target < 200 ms)",
+            profile(),
+            figures(&mut writes)
+        );
+    }
 }
 
 /// Short run: the unpinned example; deploys stop at the host key check of their first step.
@@ -460,32 +500,11 @@ fn bench_daemon_unpinned(rounds: u32) {
         &mut daemon,
         || c.attempted(&c0),
     );
-    let (mut latencies, mut scan, mut started) = (Vec::new(), Vec::new(), Vec::new());
+    let mut figures = Rounds::default();
     for n in 1..=rounds {
         let commit = c.change(n);
         let sent = daemon.push_webhook(&format!("bench-{n}"));
-        let log_since = |what: &'static str| move |log: &str| first_after(log, sent, what);
-        latencies.push(daemon.wait(
-            "a step started",
-            Duration::from_secs(60),
-            log_since("step started"),
-        ));
-        scan.push(daemon.wait(
-            "a new commit",
-            Duration::from_secs(60),
-            log_since("new commit"),
-        ));
-        started.push(
-            daemon.wait("a deploy start", Duration::from_secs(60), |log| {
-                log.lines().find_map(|l| {
-                    let (t, rest) = stamped(l)?;
-                    (t >= sent
-                        && rest.contains("status branch written")
-                        && rest.contains(" started"))
-                    .then(|| (t - sent).unsigned_abs())
-                })
-            }),
-        );
+        figures.measure(&mut daemon, sent, Duration::from_secs(120));
         wait_until(
             "the deploys to end",
             Duration::from_secs(120),
@@ -493,11 +512,8 @@ fn bench_daemon_unpinned(rounds: u32) {
             || c.attempted(&commit),
         );
     }
-    print_daemon_figures(
+    figures.print(
         &mut daemon,
-        &mut latencies,
-        &mut scan,
-        &mut started,
         "unpinned host keys: up to the step that checks them, no ssh session",
     );
 }
@@ -527,32 +543,11 @@ fn bench_daemon_lab(rounds: u32) {
         "first deploy of examples/config-repo by the daemon (both environments synced and healthy): {:.1?}",
         t.elapsed()
     );
-    let (mut latencies, mut scan, mut started) = (Vec::new(), Vec::new(), Vec::new());
+    let mut figures = Rounds::default();
     for n in 1..=rounds {
         let commit = c.change(n);
         let sent = daemon.push_webhook(&format!("bench-{n}"));
-        let log_since = |what: &'static str| move |log: &str| first_after(log, sent, what);
-        latencies.push(daemon.wait(
-            "a step started",
-            Duration::from_secs(120),
-            log_since("step started"),
-        ));
-        scan.push(daemon.wait(
-            "a new commit",
-            Duration::from_secs(60),
-            log_since("new commit"),
-        ));
-        started.push(
-            daemon.wait("a deploy start", Duration::from_secs(60), |log| {
-                log.lines().find_map(|l| {
-                    let (t, rest) = stamped(l)?;
-                    (t >= sent
-                        && rest.contains("status branch written")
-                        && rest.contains(" started"))
-                    .then(|| (t - sent).unsigned_abs())
-                })
-            }),
-        );
+        figures.measure(&mut daemon, sent, Duration::from_secs(120));
         wait_until(
             "the change synced and healthy",
             Duration::from_secs(10 * 60),
@@ -560,11 +555,8 @@ fn bench_daemon_lab(rounds: u32) {
             || c.synced(&commit),
         );
     }
-    print_daemon_figures(
+    figures.print(
         &mut daemon,
-        &mut latencies,
-        &mut scan,
-        &mut started,
         "lab: a MAIL_FROM change restarting 3 replicas, first step over ssh",
     );
 }
