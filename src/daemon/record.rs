@@ -262,6 +262,46 @@ mod tests {
         }
     }
 
+    fn node(title: &str, status: NodeStatus, ms: Option<u64>) -> OperationNode {
+        OperationNode {
+            title: title.into(),
+            status,
+            duration_ms: ms,
+            steps: vec![],
+            children: vec![],
+        }
+    }
+
+    #[test]
+    fn several_parts_go_under_one_node_with_the_worst_status() {
+        assert_eq!(join_parts("deploy x", vec![]), None);
+        let one = node(
+            "environment_deploy shop/production",
+            NodeStatus::Succeeded,
+            Some(5),
+        );
+        assert_eq!(join_parts("deploy x", vec![one.clone()]), Some(one.clone()));
+        let shared = node("service_deploy edge", NodeStatus::Succeeded, Some(7));
+        let cut = node(
+            "environment_deploy shop/production",
+            NodeStatus::Interrupted,
+            None,
+        );
+        assert_eq!(
+            join_parts("deploy x", vec![shared.clone(), one.clone()]),
+            Some(OperationNode {
+                title: "deploy x".into(),
+                status: NodeStatus::Succeeded,
+                duration_ms: Some(12),
+                steps: vec![],
+                children: vec![shared.clone(), one],
+            })
+        );
+        let joined = join_parts("deploy x", vec![shared, cut]).unwrap();
+        assert_eq!(joined.status, NodeStatus::Interrupted);
+        assert_eq!(joined.duration_ms, None, "unknown while a part has none");
+    }
+
     #[tokio::test]
     async fn a_real_execution_becomes_the_status_tree_with_redacted_output() {
         let tree = op(
