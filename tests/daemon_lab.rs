@@ -741,7 +741,7 @@ fn daemon_deploys_pushes_coalesces_blocks_bad_commits_and_survives_sigkill() {
         },
     );
     // Past the build, in the middle of the rollout: a replica is being replaced.
-    let marker = format!("operation={}-shop-production", op5.id);
+    let marker = format!("operation={} ", op5.id);
     let log_path = daemon.log.clone();
     wait(
         "a replica_deploy step of c5 started",

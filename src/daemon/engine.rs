@@ -332,12 +332,15 @@ impl Deployer for EngineDeployer {
     ) -> BoxFuture<'a, Deployment> {
         Box::pin(async move {
             let started = Timestamp::now();
-            let log = Arc::new(OperationLog::new(format!(
-                "{} {} @{}",
-                job.kind.as_str(),
-                job.environment,
-                crate::status::render::short(&job.commit)
-            )));
+            let log = Arc::new(OperationLog::new(
+                operation_id,
+                format!(
+                    "{} {} @{}",
+                    job.kind.as_str(),
+                    job.environment,
+                    crate::status::render::short(&job.commit)
+                ),
+            ));
             let result = self
                 .run_job(repo, job, operation_id, cancel, log.clone())
                 .await;

@@ -15,6 +15,8 @@ use crate::status::{NodeStatus, OperationNode, StepRecord};
 /// environment): each is a part, and `tree()` puts them under one node.
 #[derive(Debug, Default)]
 pub struct OperationLog {
+    /// The daemon's operation id, in every log line.
+    id: String,
     /// Title of the node holding several parts.
     title: String,
     inner: Mutex<Inner>,
@@ -117,9 +119,11 @@ pub fn join_parts(title: &str, mut parts: Vec<OperationNode>) -> Option<Operatio
 }
 
 impl OperationLog {
-    /// A log whose parts, when there are several, go under a node titled `title`.
-    pub fn new(title: impl Into<String>) -> OperationLog {
+    /// The log of operation `id`; its parts, when there are several, go under a node titled
+    /// `title`.
+    pub fn new(id: impl Into<String>, title: impl Into<String>) -> OperationLog {
         OperationLog {
+            id: id.into(),
             title: title.into(),
             inner: Mutex::default(),
         }
@@ -171,7 +175,7 @@ impl Observer for OperationLog {
                 attempt,
             } => {
                 tracing::info!(
-                    operation = %op.id,
+                    operation = %self.id,
                     node = %op.title,
                     step = %step.name,
                     attempt,
@@ -193,7 +197,7 @@ impl Observer for OperationLog {
                 ..
             } => {
                 tracing::info!(
-                    operation = %op.id,
+                    operation = %self.id,
                     node = %op.title,
                     step = %step.name,
                     status = status.as_str(),
