@@ -94,6 +94,17 @@ impl EngineDeployer {
     fn prepare(&self, repo: &Path, commit: &str, state: &State) -> Result<Prepared, String> {
         let git = git2::Repository::open(repo).map_err(|e| e.to_string())?;
         let loaded = crate::config::load_rev(&git, commit).map_err(|e| e.to_string())?;
+        self.prepare_loaded(&git, loaded, commit, state)
+    }
+
+    /// `loaded` (the config at `commit`) with its secrets resolved.
+    fn prepare_loaded(
+        &self,
+        git: &git2::Repository,
+        loaded: crate::config::Loaded,
+        commit: &str,
+        state: &State,
+    ) -> Result<Prepared, String> {
         let identities =
             Identities::discover(self.age_key_file.as_deref()).map_err(|e| e.to_string())?;
         let mut resolver = Resolver::new(identities, self.redactor.clone());
@@ -131,18 +142,30 @@ impl EngineDeployer {
         }
     }
 
-    /// Open the state, load the commit, resolve its secrets and plan `job`'s environment.
-    /// Blocking: git, SQLite, decryption and `git ls-remote` of the application sources.
+    /// The commit of `job`, loaded. Blocking (git).
+    fn load_job(&self, repo: &Path, job: &Job) -> Result<(String, crate::config::Loaded), String> {
+        let commit = resolve_commit(repo, &job.commit)?;
+        let git = git2::Repository::open(repo).map_err(|e| e.to_string())?;
+        let loaded = crate::config::load_rev(&git, &commit).map_err(|e| e.to_string())?;
+        Ok((commit, loaded))
+    }
+
+    /// Open the state, resolve the loaded commit's secrets and plan `job`'s environment.
+    /// Blocking: SQLite, decryption and `git ls-remote` of the application sources.
     fn plan_job(
         &self,
         repo: &Path,
         job: &Job,
         operation_id: &str,
+        commit: String,
+        loaded: crate::config::Loaded,
     ) -> Result<Planned, (Outcome, String)> {
         let failed = |e: String| (Outcome::Failed, e);
         let state = self.open_state().map_err(failed)?;
-        let commit = resolve_commit(repo, &job.commit).map_err(failed)?;
-        let p = self.prepare(repo, &commit, &state).map_err(failed)?;
+        let git = git2::Repository::open(repo).map_err(|e| failed(e.to_string()))?;
+        let p = self
+            .prepare_loaded(&git, loaded, &commit, &state)
+            .map_err(failed)?;
         let ctx = Self::context(&p, &commit, operation_id.to_string());
         let applied = state.applied().map_err(|e| failed(e.to_string()))?;
         let mut plan = plan::plan(
@@ -192,16 +215,38 @@ impl EngineDeployer {
     ) -> Result<(BTreeMap<String, ServiceStatus>, Option<String>), (Outcome, String)> {
         let failed = |e: String| (Outcome::Failed, e);
         let _one = self.serial.lock().await;
-        // Planning blocks (git, SQLite, decryption, ls-remote): off the runtime's worker threads.
+        // Loading and planning block (git, SQLite, decryption, ls-remote): off the runtime's
+        // worker threads. Between the two, the ssh connections this job needs are opened, so
+        // the handshakes overlap with planning instead of delaying the first step.
+        let t = std::time::Instant::now();
+        let me = self.clone();
+        let (r, j) = (repo.to_path_buf(), job.clone());
+        let (commit, loaded) = tokio::task::spawn_blocking(move || me.load_job(&r, &j))
+            .await
+            .map_err(|e| failed(format!("loading stopped: {e}")))?
+            .map_err(failed)?;
+        let identity = self
+            .ssh_key
+            .clone()
+            .unwrap_or_else(SshSettings::default_identity_file);
+        let transport = Arc::new(Transports::for_model(
+            &loaded.model,
+            SshSettings::new(self.state_dir.join("ssh"), identity),
+        ));
+        for server in job_servers(&loaded.model, &job.environment) {
+            let t = transport.clone();
+            tokio::spawn(async move {
+                let _ = t.connect(&server).await;
+            });
+        }
         let me = self.clone();
         let (r, j, id) = (repo.to_path_buf(), job.clone(), operation_id.to_string());
-        let t = std::time::Instant::now();
         let Planned {
             state,
             model,
             plan,
             values,
-        } = tokio::task::spawn_blocking(move || me.plan_job(&r, &j, &id))
+        } = tokio::task::spawn_blocking(move || me.plan_job(&r, &j, &id, commit, loaded))
             .await
             .map_err(|e| failed(format!("planning stopped: {e}")))??;
         tracing::info!(
@@ -210,14 +255,6 @@ impl EngineDeployer {
             "planned"
         );
         let model = &model;
-        let identity = self
-            .ssh_key
-            .clone()
-            .unwrap_or_else(SshSettings::default_identity_file);
-        let transport = Arc::new(Transports::for_model(
-            model,
-            SshSettings::new(self.state_dir.join("ssh"), identity),
-        ));
         let secret_values = values.clone();
         let run = PlanRun {
             transport,
@@ -516,6 +553,34 @@ fn execution_tree(exec: &crate::state::ExecutionRecord) -> Option<OperationNode>
         children: Vec::new(),
     };
     (!exec.operations.is_empty()).then(|| build(&exec.operations, 0, &node_of))
+}
+
+/// The servers a deploy of `environment` may run steps on: its services' servers, the servers
+/// of the shared services it attaches to, and the builders.
+fn job_servers(model: &Model, environment: &str) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let (app, env) = environment.split_once('/').unwrap_or((environment, ""));
+    if let Some(e) = model
+        .applications
+        .get(app)
+        .and_then(|a| a.environments.get(env))
+    {
+        for s in e.services.values() {
+            out.extend(s.servers.iter().cloned());
+        }
+        for a in &e.attachments {
+            if let Some(s) = model.services.get(&a.service) {
+                out.extend(s.servers.iter().cloned());
+            }
+        }
+    }
+    for s in model.servers.values() {
+        if s.has_role("builder") {
+            out.insert(s.name.clone());
+        }
+    }
+    out.retain(|s| model.servers.contains_key(s));
+    out.into_iter().collect()
 }
 
 fn resolve_commit(repo: &Path, rev: &str) -> Result<String, String> {
