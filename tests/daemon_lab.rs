@@ -810,8 +810,9 @@ fn daemon_deploys_pushes_coalesces_blocks_bad_commits_and_survives_sigkill() {
         interrupted.text.contains("\n## Tree\n")
             && interrupted.text.contains("✓ build shop@")
             && interrupted.text.contains("↯ "),
-        "{}",
-        interrupted.text
+        "{}\n--- restarted daemon's log ---\n{}",
+        interrupted.text,
+        daemon.log()
     );
     assert!(ops5[1].started >= interrupted.started, "{ops5:#?}");
 

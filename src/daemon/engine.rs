@@ -458,8 +458,18 @@ impl Deployer for EngineDeployer {
     }
 
     fn interrupted_tree(&self, operation: &OperationRecord) -> Option<OperationNode> {
-        let state = self.open_state().ok()?;
-        recorded_tree(&state, operation)
+        let state = match self.open_state() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(operation = %operation.id, error = %e, "cannot read what the interrupted operation recorded");
+                return None;
+            }
+        };
+        let tree = recorded_tree(&state, operation);
+        if tree.is_none() {
+            tracing::info!(operation = %operation.id, "the interrupted operation recorded no execution");
+        }
+        tree
     }
 }
 
@@ -838,4 +848,82 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         f.write_all(b"\n")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::plan::{Children, Operation, OperationKind, Step, StepAction, Target};
+    use crate::status::NodeStatus;
+
+    fn op(id: &str, kind: OperationKind, title: &str, children: Vec<Operation>) -> Operation {
+        Operation {
+            id: id.into(),
+            kind,
+            title: title.into(),
+            server: None,
+            steps: vec![Step {
+                name: format!("{title} step"),
+                target: Target::Local,
+                action: StepAction::Run {
+                    script: "true".into(),
+                    stdin: None,
+                },
+                timeout: Duration::from_secs(5),
+                idempotent: true,
+                capture: None,
+            }],
+            children_mode: Children::Sequential,
+            children,
+        }
+    }
+
+    fn record(id: &str, started: Timestamp) -> OperationRecord {
+        OperationRecord {
+            id: id.into(),
+            environment: "shop/production".into(),
+            kind: "deploy".into(),
+            commit: "ae84924895d36e059ed2318e39a310c040501933".into(),
+            started,
+            finished: None,
+            outcome: Outcome::Interrupted,
+            error: None,
+            tree: None,
+        }
+    }
+
+    #[test]
+    fn the_recorded_tree_of_an_operation_a_killed_daemon_left_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Timestamp::now();
+        let tree = op(
+            "op1-shop-production",
+            OperationKind::EnvironmentDeploy,
+            "environment_deploy shop/production",
+            vec![op(
+                "shop/production/build",
+                OperationKind::Build,
+                "build shop@0123456",
+                vec![],
+            )],
+        );
+        {
+            let state = State::open(dir.path()).unwrap();
+            state
+                .begin_execution(Some("shop/production"), Some("ae84924"), &tree)
+                .unwrap();
+        }
+        let state = State::open(dir.path()).unwrap();
+        let got = recorded_tree(&state, &record("op1", started)).expect("a recorded tree");
+        assert_eq!(got.title, "environment_deploy shop/production");
+        assert_eq!(got.children.len(), 1);
+        assert_eq!(got.children[0].title, "build shop@0123456");
+        assert_eq!(got.children[0].steps[0].name, "build shop@0123456 step");
+        // Never started when the daemon died: cancelled by the next open, shown as skipped.
+        assert_eq!(got.children[0].steps[0].status, NodeStatus::Skipped);
+        // Another operation's executions are not this one's.
+        assert_eq!(recorded_tree(&state, &record("op2", started)), None);
+    }
 }
