@@ -476,16 +476,15 @@ impl Deployer for EngineDeployer {
 /// What the state database recorded of `operation` (its executions, from the shared services it
 /// ran to its environment), as the status branch's tree. `None` when nothing was recorded.
 ///
-/// The environment's execution is the one whose root operation carries the operation id; the
-/// shared-service executions (their ids carry no operation id) are those started between the
-/// operation's start and that execution's.
+/// Plan operation ids do not carry the daemon's operation id; with one plan running at a time,
+/// the environment's execution is the newest one of that environment and commit started after
+/// the operation, and its shared-service executions are those started between the two.
 pub fn recorded_tree(state: &State, operation: &OperationRecord) -> Option<OperationNode> {
     let parse = |t: &str| {
         time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
             .ok()
             .map(|d| d.unix_timestamp())
     };
-    let prefix = format!("{}-", operation.id);
     let mut env_part = None;
     let mut shared = Vec::new();
     for id in state.executions().ok()?.into_iter().rev() {
@@ -496,10 +495,13 @@ pub fn recorded_tree(state: &State, operation: &OperationRecord) -> Option<Opera
         if started < operation.started.0 {
             break;
         }
-        let root = exec.operations.first()?;
-        if root.op_id.starts_with(&prefix) {
-            env_part = Some(exec);
-        } else if env_part.is_some() && exec.environment.is_none() {
+        if env_part.is_none() {
+            if exec.environment.as_deref() == Some(operation.environment.as_str())
+                && exec.commit.as_deref() == Some(operation.commit.as_str())
+            {
+                env_part = Some(exec);
+            }
+        } else if exec.environment.is_none() {
             shared.push(exec);
         }
     }
@@ -880,12 +882,14 @@ mod tests {
         }
     }
 
+    const COMMIT: &str = "ae84924895d36e059ed2318e39a310c040501933";
+
     fn record(id: &str, started: Timestamp) -> OperationRecord {
         OperationRecord {
             id: id.into(),
             environment: "shop/production".into(),
             kind: "deploy".into(),
-            commit: "ae84924895d36e059ed2318e39a310c040501933".into(),
+            commit: COMMIT.into(),
             started,
             finished: None,
             outcome: Outcome::Interrupted,
@@ -899,7 +903,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let started = Timestamp::now();
         let tree = op(
-            "op1-shop-production",
+            "shop/production",
             OperationKind::EnvironmentDeploy,
             "environment_deploy shop/production",
             vec![op(
@@ -911,8 +915,12 @@ mod tests {
         );
         {
             let state = State::open(dir.path()).unwrap();
+            // An older deploy of the same environment, then this operation's.
             state
-                .begin_execution(Some("shop/production"), Some("ae84924"), &tree)
+                .begin_execution(Some("shop/production"), Some("0000000"), &tree)
+                .unwrap();
+            state
+                .begin_execution(Some("shop/production"), Some(COMMIT), &tree)
                 .unwrap();
         }
         let state = State::open(dir.path()).unwrap();
@@ -923,7 +931,13 @@ mod tests {
         assert_eq!(got.children[0].steps[0].name, "build shop@0123456 step");
         // Never started when the daemon died: cancelled by the next open, shown as skipped.
         assert_eq!(got.children[0].steps[0].status, NodeStatus::Skipped);
-        // Another operation's executions are not this one's.
-        assert_eq!(recorded_tree(&state, &record("op2", started)), None);
+        // An operation of another environment, or one started later, ran nothing.
+        let mut staging = record("op2", started);
+        staging.environment = "shop/staging".into();
+        assert_eq!(recorded_tree(&state, &staging), None);
+        assert_eq!(
+            recorded_tree(&state, &record("op3", Timestamp(started.0 + 5))),
+            None
+        );
     }
 }
