@@ -132,10 +132,18 @@ impl EngineDeployer {
         })
     }
 
-    fn context(p: &Prepared, commit: &str, operation_prefix: String) -> PlanContext {
+    fn context(&self, p: &Prepared, commit: &str, operation_prefix: String) -> PlanContext {
+        let control = self.state_dir.join("ssh").join("sources");
+        let control = std::fs::create_dir_all(&control)
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o700))
+            })
+            .is_ok()
+            .then_some(control);
         PlanContext {
             config_commit: commit.to_string(),
-            source_commits: source_commits(&p.loaded.model, &p.values),
+            source_commits: source_commits_via(&p.loaded.model, &p.values, control.as_deref()),
             operation_prefix,
             request: plan::Request::Deploy,
             secrets: p.secret_states.clone(),
@@ -166,7 +174,7 @@ impl EngineDeployer {
         let p = self
             .prepare_loaded(&git, loaded, &commit, &state)
             .map_err(failed)?;
-        let ctx = Self::context(&p, &commit, operation_id.to_string());
+        let ctx = self.context(&p, &commit, operation_id.to_string());
         let applied = state.applied().map_err(|e| failed(e.to_string()))?;
         let mut plan = plan::plan(
             Desired {
@@ -416,8 +424,8 @@ impl Deployer for EngineDeployer {
         let base_p = self.prepare(repo, base, &state)?;
         let head_p = self.prepare(repo, head, &state)?;
         let prefix = format!("pr{pr}");
-        let base_ctx = Self::context(&base_p, base, prefix.clone());
-        let head_ctx = Self::context(&head_p, head, prefix);
+        let base_ctx = self.context(&base_p, base, prefix.clone());
+        let head_ctx = self.context(&head_p, head, prefix);
         let applied = state.applied().map_err(|e| e.to_string())?;
         let diff = plan::diff(
             Desired {
@@ -774,6 +782,17 @@ pub fn source_commits(
     model: &Model,
     secrets: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
+    source_commits_via(model, secrets, None)
+}
+
+/// `source_commits`, with ssh connections to the source repositories kept open for 5 minutes
+/// (an OpenSSH ControlMaster per host in `control_dir`, a 0700 directory): the next plan's
+/// `ls-remote` then costs a round trip instead of a handshake. The daemon uses this.
+pub fn source_commits_via(
+    model: &Model,
+    secrets: &BTreeMap<String, String>,
+    control_dir: Option<&Path>,
+) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for a in model.applications.values() {
         let Ok(dir) = tempfile::tempdir() else {
@@ -789,22 +808,33 @@ pub fn source_commits(
             if write_private(&key_path, key).is_err() {
                 continue;
             }
-            let ssh = crate::shell::join([
-                "ssh",
-                "-i",
-                &key_path.display().to_string(),
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=accept-new",
-                "-o",
-                &format!(
+            let mut args = vec![
+                "ssh".to_string(),
+                "-i".into(),
+                key_path.display().to_string(),
+                "-o".into(),
+                "IdentitiesOnly=yes".into(),
+                "-o".into(),
+                "BatchMode=yes".into(),
+                "-o".into(),
+                "StrictHostKeyChecking=accept-new".into(),
+                "-o".into(),
+                format!(
                     "UserKnownHostsFile={}",
                     dir.path().join("known_hosts").display()
                 ),
-            ]);
+            ];
+            if let Some(c) = control_dir {
+                for o in [
+                    "ControlMaster=auto".to_string(),
+                    format!("ControlPath={}/%C", c.display()),
+                    "ControlPersist=300".to_string(),
+                ] {
+                    args.push("-o".into());
+                    args.push(o);
+                }
+            }
+            let ssh = crate::shell::join(args.iter().map(String::as_str));
             cmd.env("GIT_SSH_COMMAND", ssh);
         }
         let Ok(out_put) = cmd.stderr(std::process::Stdio::null()).output() else {
