@@ -1,39 +1,54 @@
-//! Daemon figures, printed (no assertions): status commit + push time, webhook → deploy start
-//! latency through the daemon loop, and the resident memory of an idle daemon.
+//! Daemon figures, printed (no assertions), measured on the real `keystone daemon` binary with
+//! the real engine wherever the figure is about the daemon:
 //!
-//! `cargo bench --bench daemon`. Targets (issue 8): webhook-to-first-step < 500 ms, idle RSS
-//! < 40 MB, status commit + push < 200 ms.
+//! 1. webhook → first step: a signed GitHub push webhook for a new config commit, until the
+//!    daemon's log shows the first step of the deploy starting (fetch, load, secrets, plan, ssh);
+//! 2. idle daemon RSS: `VmRSS` of the daemon process once it has nothing to do;
+//! 3. status commit + push: every status branch write of the daemon that made a commit, as the
+//!    daemon logs it (render, redact, commit in the mirror, push to the bare remote); beside it
+//!    the `StatusWriter` alone on a synthetic snapshot.
+//!
+//! `cargo bench --bench daemon` deploys examples/config-repo to the lab (scripts/lab; takes the
+//! lab lock; several minutes): the first figure is then the real rollout's first step over ssh.
+//! Under `cargo test` (no `--bench` argument) a short run that changes nothing on the lab: the
+//! example's host keys are left unpinned, so every deploy stops at its first step (the host key
+//! check) — the figure then leaves out the ssh connection.
+//!
+//! Targets (issue 8): webhook → first step < 500 ms, idle RSS < 40 MB, status commit + push
+//! < 200 ms.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
-use std::sync::{Arc, Mutex};
+#[path = "../tests/deploy_lab/mod.rs"]
+mod deploy_lab;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keystone::daemon::queue::Job;
-use keystone::daemon::runtime::{
-    self, BoxFuture, DaemonOptions, Deployer, Deployment, Loaded, PlanComment, Settings,
-};
 use keystone::daemon::webhook::WebhookSecret;
 use keystone::status::{
     self, CommitMark, EnvironmentStatus, Health, NodeStatus, OperationNode, OperationRecord,
     Outcome, ReplicaStatus, ServiceStatus, StatusSnapshot, StatusWriter, StepRecord, SyncState,
     Timestamp,
 };
-use tokio_util::sync::CancellationToken;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
-fn git(dir: &Path, args: &[&str]) {
-    let ok = Command::new("git")
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const HOOK: &str = "bench-hook-secret";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=b", "-c", "user.email=b@keystone.invalid"])
         .args(args)
         .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "b")
-        .env("GIT_AUTHOR_EMAIL", "b@localhost")
-        .env("GIT_COMMITTER_NAME", "b")
-        .env("GIT_COMMITTER_EMAIL", "b@localhost")
-        .status()
-        .expect("git")
-        .success();
-    assert!(ok, "git {args:?}");
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
@@ -45,14 +60,29 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+fn figures(v: &mut [Duration]) -> String {
+    if v.is_empty() {
+        return "no samples".into();
+    }
+    format!(
+        "median {}, p90 {}, max {} (n={})",
+        ms(percentile(v, 0.5)),
+        ms(percentile(v, 0.9)),
+        ms(percentile(v, 1.0)),
+        v.len()
+    )
 }
+
+fn profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug build"
+    } else {
+        "optimized build"
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The StatusWriter alone.
 
 fn snapshot(round: u32) -> StatusSnapshot {
     let mut snap = StatusSnapshot {
@@ -123,7 +153,7 @@ fn snapshot(round: u32) -> StatusSnapshot {
     snap
 }
 
-fn bench_status_writes() {
+fn bench_status_writer(rounds: u32) {
     let tmp = tempfile::tempdir().unwrap();
     git(
         tmp.path(),
@@ -133,7 +163,7 @@ fn bench_status_writes() {
     let mut w = StatusWriter::new(tmp.path().join("mirror.git"), "keystone/status");
     w.remote = Some(tmp.path().join("remote.git").display().to_string());
     let mut times = Vec::new();
-    for round in 0..30 {
+    for round in 0..rounds {
         let files = status::render(&snapshot(round));
         let t = Instant::now();
         let out = w
@@ -145,151 +175,400 @@ fn bench_status_writes() {
         assert!(out.pushed);
     }
     println!(
-        "status commit + push (local bare remote, 30 writes): median {}, p90 {}, max {}  (target < 200 ms)",
-        ms(percentile(&mut times, 0.5)),
-        ms(percentile(&mut times, 0.9)),
-        ms(percentile(&mut times, 1.0))
+        "status commit + push, StatusWriter alone (synthetic snapshot, local bare remote): {}",
+        figures(&mut times)
     );
 }
 
-struct Stamp(Mutex<Vec<Instant>>);
+// ---------------------------------------------------------------------------------------------
+// The real daemon.
 
-struct BenchDeployer(Arc<Stamp>);
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+    api: String,
+}
 
-impl Deployer for BenchDeployer {
-    fn load(&self, _: &Path, _: &str) -> Loaded {
-        Loaded {
-            settings: Some(Settings::default()),
-            environments: BTreeMap::from([("shop/production".to_string(), vec![])]),
-            servers: vec!["web-1".into()],
-            ..Default::default()
-        }
-    }
-    fn deploy<'a>(
-        &'a self,
-        _: &'a Path,
-        job: &'a Job,
-        id: &'a str,
-        _: CancellationToken,
-    ) -> BoxFuture<'a, Deployment> {
-        self.0.0.lock().unwrap().push(Instant::now());
-        Box::pin(async move {
-            Deployment {
-                outcome: Outcome::Succeeded,
-                error: None,
-                operation: OperationRecord {
-                    id: id.into(),
-                    environment: job.environment.clone(),
-                    kind: "deploy".into(),
-                    commit: job.commit.clone(),
-                    started: Timestamp::now(),
-                    finished: Some(Timestamp::now()),
-                    outcome: Outcome::Succeeded,
-                    error: None,
-                    tree: None,
-                },
-                services: None,
-                deployed_source: None,
-            }
-        })
-    }
-    fn plan_comment(&self, _: &Path, _: &str, _: &str, _: u64) -> Result<PlanComment, String> {
-        Err("unused".into())
-    }
-    fn redact(&self, t: &str) -> String {
-        t.to_string()
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-fn bench_webhook_latency_and_idle_rss() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let tmp = tempfile::tempdir().unwrap();
-        let work = tmp.path().join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        git(tmp.path(), &["init", "-q", "--bare", "-b", "main", "remote.git"]);
-        let remote = tmp.path().join("remote.git");
-        git(&work, &["init", "-q", "-b", "main"]);
-        let commit = |n: u32| {
-            std::fs::write(work.join("n"), n.to_string()).unwrap();
-            git(&work, &["add", "."]);
-            git(&work, &["commit", "-q", "-m", "c"]);
-            git(&work, &["push", "-q", remote.to_str().unwrap(), "main"]);
+impl Daemon {
+    fn start(dir: &Path, remote: &Path, state: &Path, ssh_key: Option<&str>) -> Daemon {
+        std::fs::write(dir.join("hook"), HOOK).unwrap();
+        let log = dir.join("daemon.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keystone"));
+        // A file:// URL: the daemon does not watch it with notify, so only the webhook (not the
+        // push itself) tells it about a commit.
+        cmd.args(["--log", "keystone=info", "daemon", "--repo"])
+            .arg(format!("file://{}", remote.display()))
+            .arg("--state")
+            .arg(state)
+            .arg("--age-key-file")
+            .arg(format!("{ROOT}/examples/config-repo/TEST-ONLY-age-key.txt"))
+            .args(["--listen", "127.0.0.1:0", "--poll-interval", "3600"])
+            .arg("--webhook-secret-file")
+            .arg(dir.join("hook"));
+        if let Some(k) = ssh_key {
+            cmd.args(["--ssh-key", k]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start keystone daemon");
+        let mut d = Daemon {
+            child,
+            log,
+            api: String::new(),
         };
-        commit(0);
-        let stamps = Arc::new(Stamp(Mutex::new(Vec::new())));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let cancel = CancellationToken::new();
-        let before = rss_kib();
-        let opts = DaemonOptions {
-            repo: remote.display().to_string(),
-            state_dir: tmp.path().join("state"),
-            listener: Some(listener),
-            webhook_secret: Some(WebhookSecret::new("s")),
-            ssh_key: None,
-            forge: None,
-            branch: None,
-            poll_interval: Some(Duration::from_secs(3600)),
-            watch: false,
-        };
-        let c = cancel.clone();
-        let st = stamps.clone();
-        let h = tokio::spawn(async move {
-            runtime::run(opts, Arc::new(BenchDeployer(st)), c).await.unwrap()
+        d.api = d.wait("the API to listen", Duration::from_secs(30), |log| {
+            log.lines()
+                .find_map(|l| l.strip_prefix("keystone: listening on "))
+                .map(|a| format!("http://{}", a.trim()))
         });
-        while stamps.0.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let client = reqwest::Client::new();
-        let body = br#"{"ref":"refs/heads/main"}"#;
-        let sig = format!("sha256={}", WebhookSecret::new("s").sign(body));
-        let mut times = Vec::new();
-        for n in 1..=15u32 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            commit(n);
-            let seen = stamps.0.lock().unwrap().len();
-            let t = Instant::now();
-            client
-                .post(format!("{base}/webhook"))
-                .header("X-GitHub-Event", "push")
-                .header("X-GitHub-Delivery", format!("bench-{n}"))
-                .header("X-Hub-Signature-256", &sig)
-                .body(body.to_vec())
-                .send()
-                .await
-                .unwrap();
-            loop {
-                if let Some(at) = stamps.0.lock().unwrap().get(seen) {
-                    times.push(at.duration_since(t));
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait<T>(&mut self, what: &str, limit: Duration, mut f: impl FnMut(&str) -> Option<T>) -> T {
+        let t = Instant::now();
+        loop {
+            if let Some(v) = f(&self.log()) {
+                return v;
             }
+            if let Ok(Some(s)) = self.child.try_wait() {
+                panic!(
+                    "keystone daemon exited ({s}) waiting for {what}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                t.elapsed() < limit,
+                "no {what} after {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        println!(
-            "webhook → deploy start through the loop (fetch, load, queue, status commit): median {}, p90 {}, max {}  (target < 500 ms to the first step; load/plan of a real config add to this)",
-            ms(percentile(&mut times, 0.5)),
-            ms(percentile(&mut times, 0.9)),
-            ms(percentile(&mut times, 1.0))
+    }
+
+    fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// POST a signed GitHub push webhook (plain HTTP/1.1 on loopback); when it was sent.
+    fn push_webhook(&self, delivery: &str) -> OffsetDateTime {
+        use std::io::{Read, Write};
+        let body = r#"{"ref":"refs/heads/main"}"#;
+        let sig = format!("sha256={}", WebhookSecret::new(HOOK).sign(body.as_bytes()));
+        let addr = self.api.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to the daemon");
+        let request = format!(
+            "POST /webhook HTTP/1.1\r\nHost: {addr}\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: {sig}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let idle = rss_kib();
-        println!(
-            "idle daemon RSS (in-process: whole bench process {:.1} MiB, of which {:.1} MiB before the daemon started)  (target < 40 MB)",
-            idle as f64 / 1024.0,
-            before as f64 / 1024.0
+        let sent = OffsetDateTime::now_utc();
+        s.write_all(request.as_bytes()).expect("send the webhook");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("webhook answer");
+        assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+        sent
+    }
+}
+
+/// A log line's timestamp and message (`2026-12-03T21:20:18.084593Z  INFO target: message …`).
+fn stamped(line: &str) -> Option<(OffsetDateTime, &str)> {
+    let (t, rest) = line.split_once(' ')?;
+    Some((OffsetDateTime::parse(t, &Rfc3339).ok()?, rest))
+}
+
+/// Time from `since` to the first log line at or after it that contains `what`.
+fn first_after(log: &str, since: OffsetDateTime, what: &str) -> Option<Duration> {
+    log.lines().find_map(|l| {
+        let (t, rest) = stamped(l)?;
+        (t >= since && rest.contains(what)).then(|| (t - since).unsigned_abs())
+    })
+}
+
+/// Every `status branch written … ms=N` of the log.
+fn status_writes(log: &str) -> Vec<Duration> {
+    log.lines()
+        .filter(|l| l.contains("status branch written"))
+        .filter_map(|l| {
+            let v = l.split(" ms=").nth(1)?.split(' ').next()?;
+            Some(Duration::from_millis(v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The config repository: a work tree pushing to a bare remote the daemon tracks.
+struct Config {
+    work: PathBuf,
+    remote: PathBuf,
+}
+
+impl Config {
+    fn new(work: PathBuf) -> Config {
+        let dir = work.parent().unwrap().to_path_buf();
+        if !work.join(".git").exists() {
+            git(&work, &["init", "-q", "-b", "main"]);
+            git(&work, &["add", "-A"]);
+            git(&work, &["commit", "-qm", "example config"]);
+        }
+        let remote = dir.join("config.git");
+        git(
+            &dir,
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                work.to_str().unwrap(),
+                "config.git",
+            ],
         );
-        cancel.cancel();
-        h.await.unwrap();
-    });
+        Config { work, remote }
+    }
+
+    /// A new MAIL_FROM for production (replicas restart, no build), pushed.
+    fn change(&self, n: u32) -> String {
+        let file = self
+            .work
+            .join("applications/shop/environments/production.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("MAIL_FROM:"))
+            .unwrap()
+            .to_string();
+        std::fs::write(
+            &file,
+            text.replace(&line, &format!("  MAIL_FROM: noreply+{n}@shop.lab.test")),
+        )
+        .unwrap();
+        git(
+            &self.work,
+            &["commit", "-qam", &format!("bench change {n}")],
+        );
+        git(
+            &self.work,
+            &["push", "-q", self.remote.to_str().unwrap(), "main"],
+        );
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    fn env(&self, name: &str) -> Option<EnvironmentStatus> {
+        let out = Command::new("git")
+            .args([
+                "show",
+                &format!("keystone/status:environments/shop/{name}.yaml"),
+            ])
+            .current_dir(&self.remote)
+            .output()
+            .ok()?;
+        serde_saphyr::from_str(&String::from_utf8_lossy(&out.stdout)).ok()
+    }
+
+    /// Both environments' last deploy attempt is of `commit` and has ended.
+    fn attempted(&self, commit: &str) -> bool {
+        ["production", "staging"].iter().all(|e| {
+            self.env(e)
+                .and_then(|e| e.last_attempted)
+                .is_some_and(|a| a.commit == commit)
+        })
+    }
+
+    fn synced(&self, commit: &str) -> bool {
+        ["production", "staging"].iter().all(|e| {
+            self.env(e).is_some_and(|e| {
+                e.sync == SyncState::Synced
+                    && e.health == Health::Healthy
+                    && e.last_applied.is_some_and(|a| a.commit == commit)
+            })
+        })
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, daemon: &mut Daemon, mut f: impl FnMut() -> bool) {
+    daemon.wait(what, limit, |_| f().then_some(()));
+}
+
+/// The figures of the webhook rounds, from the daemon's log.
+#[derive(Default)]
+struct Rounds {
+    first_step: Vec<Duration>,
+    new_commit: Vec<Duration>,
+    started: Vec<Duration>,
+    planned: Vec<Duration>,
+}
+
+impl Rounds {
+    /// Wait for this round's log lines, the webhook having been sent at `sent`.
+    fn measure(&mut self, daemon: &mut Daemon, sent: OffsetDateTime, limit: Duration) {
+        let after = |what: &'static str| move |log: &str| first_after(log, sent, what);
+        self.first_step
+            .push(daemon.wait("a step started", limit, after("step started")));
+        self.new_commit
+            .push(daemon.wait("a new commit", limit, after("new commit")));
+        self.started
+            .push(daemon.wait("a deploy start", limit, |log| {
+                log.lines().find_map(|l| {
+                    let (t, rest) = stamped(l)?;
+                    (t >= sent
+                        && rest.contains("status branch written")
+                        && rest.contains(" started"))
+                    .then(|| (t - sent).unsigned_abs())
+                })
+            }));
+        self.planned.push(daemon.wait("a plan", limit, |log| {
+            log.lines().find_map(|l| {
+                let (t, rest) = stamped(l)?;
+                if t < sent || !rest.contains(" planned ") {
+                    return None;
+                }
+                let v = rest.split(" ms=").nth(1)?.split(' ').next()?;
+                Some(Duration::from_millis(v.trim().parse().ok()?))
+            })
+        }));
+    }
+
+    fn print(&mut self, daemon: &mut Daemon, what: &str) {
+        println!(
+            "webhook → first step ({what}, {}): {}  (target < 500 ms)",
+            profile(),
+            figures(&mut self.first_step)
+        );
+        println!(
+            "  webhook → new commit queued (fetch + load of the commit): {}",
+            figures(&mut self.new_commit)
+        );
+        println!(
+            "  webhook → deploy started (+ status commits `config …` and `… started`): {}",
+            figures(&mut self.started)
+        );
+        println!(
+            "  planning the job (load, decrypt secrets, ls-remote of the app source, plan): {}",
+            figures(&mut self.planned)
+        );
+        std::thread::sleep(Duration::from_secs(5));
+        let (rss, peak) = daemon.rss_kib();
+        println!(
+            "idle daemon RSS ({}, 5 s after its last deploy): {:.1} MiB, peak {:.1} MiB  (target < 40 MB)",
+            profile(),
+            rss as f64 / 1024.0,
+            peak as f64 / 1024.0
+        );
+        let mut writes = status_writes(&daemon.log());
+        println!(
+            "status commit + push by the daemon (real snapshots, local bare remote, {}): {}  (target < 200 ms)",
+            profile(),
+            figures(&mut writes)
+        );
+    }
+}
+
+/// Short run: the unpinned example; deploys stop at the host key check of their first step.
+fn bench_daemon_unpinned(rounds: u32) {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    let out = Command::new("cp")
+        .args(["-r", &format!("{ROOT}/examples/config-repo")])
+        .arg(&work)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let c = Config::new(work);
+    let mut daemon = Daemon::start(tmp.path(), &c.remote, &tmp.path().join("state"), None);
+    let c0 = git(&c.work, &["rev-parse", "HEAD"]);
+    wait_until(
+        "the startup deploys to end",
+        Duration::from_secs(120),
+        &mut daemon,
+        || c.attempted(&c0),
+    );
+    let mut figures = Rounds::default();
+    for n in 1..=rounds {
+        let commit = c.change(n);
+        let sent = daemon.push_webhook(&format!("bench-{n}"));
+        figures.measure(&mut daemon, sent, Duration::from_secs(120));
+        wait_until(
+            "the deploys to end",
+            Duration::from_secs(120),
+            &mut daemon,
+            || c.attempted(&commit),
+        );
+    }
+    figures.print(
+        &mut daemon,
+        "unpinned host keys: up to the step that checks them, no ssh session",
+    );
+}
+
+/// Full run on the lab: real deploys; the first step is a real command over ssh.
+fn bench_daemon_lab(rounds: u32) {
+    let _lab = deploy_lab::lock();
+    let env = deploy_lab::lab_env();
+    deploy_lab::reset_hosts();
+    let d = deploy_lab::Deployment::new();
+    let c = Config::new(d.repo.clone());
+    let t = Instant::now();
+    let mut daemon = Daemon::start(
+        d.dir.path(),
+        &c.remote,
+        &d.state,
+        Some(env["client_key"].as_str().unwrap()),
+    );
+    let c0 = git(&c.work, &["rev-parse", "HEAD"]);
+    wait_until(
+        "both environments synced and healthy",
+        Duration::from_secs(15 * 60),
+        &mut daemon,
+        || c.synced(&c0),
+    );
+    println!(
+        "first deploy of examples/config-repo by the daemon (both environments synced and healthy): {:.1?}",
+        t.elapsed()
+    );
+    let mut figures = Rounds::default();
+    for n in 1..=rounds {
+        let commit = c.change(n);
+        let sent = daemon.push_webhook(&format!("bench-{n}"));
+        figures.measure(&mut daemon, sent, Duration::from_secs(120));
+        wait_until(
+            "the change synced and healthy",
+            Duration::from_secs(10 * 60),
+            &mut daemon,
+            || c.synced(&commit),
+        );
+    }
+    figures.print(
+        &mut daemon,
+        "lab: a MAIL_FROM change restarting 3 replicas, first step over ssh",
+    );
 }
 
 fn main() {
-    bench_status_writes();
-    bench_webhook_latency_and_idle_rss();
+    let full = std::env::args().any(|a| a == "--bench");
+    if full {
+        bench_status_writer(30);
+        bench_daemon_lab(5);
+    } else {
+        bench_status_writer(5);
+        bench_daemon_unpinned(3);
+        println!("(short run; `cargo bench --bench daemon` measures real deploys on the lab)");
+    }
 }

@@ -591,10 +591,12 @@ async fn killed_during_a_deploy_the_restarted_daemon_converges_and_says_what_hap
         .map(|p| status_file(&repo.remote, p).unwrap())
         .collect();
     assert!(
-        texts.iter().any(|t| t.contains("- outcome: ⊘ cancelled\n")
-            && t.contains(
-                "interrupted: the daemon stopped during this operation; it is run again"
-            )),
+        texts
+            .iter()
+            .any(|t| t.contains("- outcome: ↯ interrupted\n")
+                && t.contains(
+                    "interrupted: the daemon stopped during this operation; it is run again"
+                )),
         "{texts:?}"
     );
     assert!(texts.iter().any(|t| t.contains("- outcome: ✓ succeeded\n")));

@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use keystone::daemon::engine::EngineDeployer;
+use keystone::daemon::forge::{ForgeClient, ForgeKind};
 use keystone::daemon::runtime::{self, DaemonOptions};
 use keystone::daemon::webhook::WebhookSecret;
 
@@ -36,6 +37,37 @@ pub struct Args {
     /// Poll interval in seconds (overrides keystone.yaml's `reconcile.interval`).
     #[arg(long)]
     poll_interval: Option<u64>,
+    /// The forge whose API gets the pull requests' plan comments and commit statuses:
+    /// `github`, `gitea` or `forgejo`. Without it pull-request events are only logged.
+    #[arg(long, requires_all = ["forge_api", "forge_repo", "forge_token_file"])]
+    forge: Option<String>,
+    /// Base URL of the forge's REST API: `https://api.github.com`, `https://HOST/api/v1` (Gitea).
+    #[arg(long, requires = "forge")]
+    forge_api: Option<String>,
+    /// The config repository on the forge, `OWNER/REPO`.
+    #[arg(long, requires = "forge")]
+    forge_repo: Option<String>,
+    /// File holding the forge API token (a bot account's; its comments are the ones updated).
+    #[arg(long, requires = "forge")]
+    forge_token_file: Option<PathBuf>,
+}
+
+fn forge_client(args: &Args) -> anyhow::Result<Option<ForgeClient>> {
+    let (Some(kind), Some(api), Some(repo), Some(token_file)) = (
+        &args.forge,
+        &args.forge_api,
+        &args.forge_repo,
+        &args.forge_token_file,
+    ) else {
+        return Ok(None);
+    };
+    let kind = ForgeKind::parse(kind)
+        .with_context(|| format!("--forge {kind:?}: expected github, gitea or forgejo"))?;
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("cannot read the forge token {}", token_file.display()))?;
+    ForgeClient::new(kind, api, repo, token.trim())
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("--forge-repo: {e}"))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -51,6 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .age_key_file
         .clone()
         .or_else(|| std::env::var_os("SOPS_AGE_KEY_FILE").map(PathBuf::from));
+    let forge = forge_client(&args)?;
     let watch = std::path::Path::new(&args.repo).is_dir();
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
@@ -91,7 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             listener,
             webhook_secret,
             ssh_key: args.ssh_key.clone(),
-            forge: None,
+            forge,
             branch: None,
             poll_interval: args.poll_interval.map(Duration::from_secs),
             watch,

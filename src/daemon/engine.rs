@@ -17,19 +17,32 @@ use crate::plan::{self, Desired, Finding, PlanContext, ScopedFinding};
 use crate::secrets::{Identities, Redactor, Resolver};
 use crate::state::{State, StateValues};
 use crate::status::{
-    Health, OperationRecord, Outcome, ReplicaStatus, ServiceStatus, SyncState, Timestamp,
+    Health, OperationNode, OperationRecord, Outcome, ReplicaStatus, ServiceStatus, SyncState,
+    Timestamp,
 };
 
 /// The planner's per-comment size limit.
 const COMMENT_LIMIT: usize = plan::MARKDOWN_LIMIT;
 
+#[derive(Clone)]
 pub struct EngineDeployer {
     state_dir: PathBuf,
     age_key_file: Option<PathBuf>,
     ssh_key: Option<PathBuf>,
     redactor: Redactor,
     /// One plan runs at a time: shared services are part of every environment's plan.
-    serial: tokio::sync::Mutex<()>,
+    serial: Arc<tokio::sync::Mutex<()>>,
+    /// Opened on first use and kept: the daemon owns its state directory (its lock) while it
+    /// runs, and a pull request's plan can be computed while a deploy holds the state.
+    state: Arc<std::sync::Mutex<Option<Arc<State>>>>,
+}
+
+/// What a job runs: the plan of its environment, with what executing it needs.
+struct Planned {
+    state: Arc<State>,
+    model: Model,
+    plan: plan::Plan,
+    values: BTreeMap<String, String>,
 }
 
 /// A commit loaded with its secrets resolved.
@@ -51,7 +64,8 @@ impl EngineDeployer {
             age_key_file,
             ssh_key,
             redactor: Redactor::new(),
-            serial: tokio::sync::Mutex::new(()),
+            serial: Arc::new(tokio::sync::Mutex::new(())),
+            state: Arc::default(),
         }
     }
 
@@ -60,18 +74,37 @@ impl EngineDeployer {
         self.redactor.redact(text).into_owned()
     }
 
-    fn open_state(&self) -> Result<State, String> {
+    /// The state, opened the first time (which marks what a killed daemon left running as
+    /// interrupted).
+    fn open_state(&self) -> Result<Arc<State>, String> {
+        let mut slot = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(state) = slot.as_ref() {
+            return Ok(state.clone());
+        }
         let mut state = State::open(&self.state_dir).map_err(|e| e.to_string())?;
         if let Some(path) = &self.age_key_file {
             state =
                 state.with_identity(crate::state::load_identity(path).map_err(|e| e.to_string())?);
         }
+        let state = Arc::new(state);
+        *slot = Some(state.clone());
         Ok(state)
     }
 
     fn prepare(&self, repo: &Path, commit: &str, state: &State) -> Result<Prepared, String> {
         let git = git2::Repository::open(repo).map_err(|e| e.to_string())?;
         let loaded = crate::config::load_rev(&git, commit).map_err(|e| e.to_string())?;
+        self.prepare_loaded(&git, loaded, commit, state)
+    }
+
+    /// `loaded` (the config at `commit`) with its secrets resolved.
+    fn prepare_loaded(
+        &self,
+        git: &git2::Repository,
+        loaded: crate::config::Loaded,
+        commit: &str,
+        state: &State,
+    ) -> Result<Prepared, String> {
         let identities =
             Identities::discover(self.age_key_file.as_deref()).map_err(|e| e.to_string())?;
         let mut resolver = Resolver::new(identities, self.redactor.clone());
@@ -99,35 +132,53 @@ impl EngineDeployer {
         })
     }
 
-    fn context(p: &Prepared, commit: &str, operation_prefix: String) -> PlanContext {
+    fn context(&self, p: &Prepared, commit: &str, operation_prefix: String) -> PlanContext {
+        let control = self.state_dir.join("ssh").join("sources");
+        let control = std::fs::create_dir_all(&control)
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o700))
+            })
+            .is_ok()
+            .then_some(control);
         PlanContext {
             config_commit: commit.to_string(),
-            source_commits: source_commits(&p.loaded.model, &p.values),
+            source_commits: source_commits_via(&p.loaded.model, &p.values, control.as_deref()),
             operation_prefix,
             request: plan::Request::Deploy,
             secrets: p.secret_states.clone(),
         }
     }
 
-    async fn run_job(
+    /// The commit of `job`, loaded. Blocking (git).
+    fn load_job(&self, repo: &Path, job: &Job) -> Result<(String, crate::config::Loaded), String> {
+        let commit = resolve_commit(repo, &job.commit)?;
+        let git = git2::Repository::open(repo).map_err(|e| e.to_string())?;
+        let loaded = crate::config::load_rev(&git, &commit).map_err(|e| e.to_string())?;
+        Ok((commit, loaded))
+    }
+
+    /// Open the state, resolve the loaded commit's secrets and plan `job`'s environment.
+    /// Blocking: SQLite, decryption and `git ls-remote` of the application sources.
+    fn plan_job(
         &self,
         repo: &Path,
         job: &Job,
         operation_id: &str,
-        cancel: CancellationToken,
-        log: Arc<OperationLog>,
-    ) -> Result<(BTreeMap<String, ServiceStatus>, Option<String>), (Outcome, String)> {
+        commit: String,
+        loaded: crate::config::Loaded,
+    ) -> Result<Planned, (Outcome, String)> {
         let failed = |e: String| (Outcome::Failed, e);
-        let _one = self.serial.lock().await;
-        let state = Arc::new(self.open_state().map_err(failed)?);
-        let commit = resolve_commit(repo, &job.commit).map_err(failed)?;
-        let p = self.prepare(repo, &commit, &state).map_err(failed)?;
-        let model = &p.loaded.model;
-        let ctx = Self::context(&p, &commit, operation_id.to_string());
+        let state = self.open_state().map_err(failed)?;
+        let git = git2::Repository::open(repo).map_err(|e| failed(e.to_string()))?;
+        let p = self
+            .prepare_loaded(&git, loaded, &commit, &state)
+            .map_err(failed)?;
+        let ctx = self.context(&p, &commit, operation_id.to_string());
         let applied = state.applied().map_err(|e| failed(e.to_string()))?;
         let mut plan = plan::plan(
             Desired {
-                model,
+                model: &p.loaded.model,
                 diagnostics: &p.diagnostics,
             },
             &applied,
@@ -154,15 +205,65 @@ impl EngineDeployer {
                 self.hide(&format!("blocked: {}", why.join("; "))),
             ));
         }
+        Ok(Planned {
+            state,
+            model: p.loaded.model,
+            plan,
+            values: p.values,
+        })
+    }
+
+    async fn run_job(
+        &self,
+        repo: &Path,
+        job: &Job,
+        operation_id: &str,
+        cancel: CancellationToken,
+        log: Arc<OperationLog>,
+    ) -> Result<(BTreeMap<String, ServiceStatus>, Option<String>), (Outcome, String)> {
+        let failed = |e: String| (Outcome::Failed, e);
+        let _one = self.serial.lock().await;
+        // Loading and planning block (git, SQLite, decryption, ls-remote): off the runtime's
+        // worker threads. Between the two, the ssh connections this job needs are opened, so
+        // the handshakes overlap with planning instead of delaying the first step.
+        let t = std::time::Instant::now();
+        let me = self.clone();
+        let (r, j) = (repo.to_path_buf(), job.clone());
+        let (commit, loaded) = tokio::task::spawn_blocking(move || me.load_job(&r, &j))
+            .await
+            .map_err(|e| failed(format!("loading stopped: {e}")))?
+            .map_err(failed)?;
         let identity = self
             .ssh_key
             .clone()
             .unwrap_or_else(SshSettings::default_identity_file);
         let transport = Arc::new(Transports::for_model(
-            model,
+            &loaded.model,
             SshSettings::new(self.state_dir.join("ssh"), identity),
         ));
-        let secret_values = p.values.clone();
+        for server in job_servers(&loaded.model, &job.environment) {
+            let t = transport.clone();
+            tokio::spawn(async move {
+                let _ = t.connect(&server).await;
+            });
+        }
+        let me = self.clone();
+        let (r, j, id) = (repo.to_path_buf(), job.clone(), operation_id.to_string());
+        let Planned {
+            state,
+            model,
+            plan,
+            values,
+        } = tokio::task::spawn_blocking(move || me.plan_job(&r, &j, &id, commit, loaded))
+            .await
+            .map_err(|e| failed(format!("planning stopped: {e}")))??;
+        tracing::info!(
+            operation = operation_id,
+            ms = t.elapsed().as_millis() as u64,
+            "planned"
+        );
+        let model = &model;
+        let secret_values = values.clone();
         let run = PlanRun {
             transport,
             state: state.clone(),
@@ -175,7 +276,7 @@ impl EngineDeployer {
                     .cloned()
                     .ok_or_else(|| format!("no secret {path} among the decrypted secrets"))
             }))),
-            digests: Some(Arc::new(registries(model, &p.values))),
+            digests: Some(Arc::new(registries(model, &values))),
         };
         let shutdown = Shutdown::new();
         let trigger = shutdown.clone();
@@ -276,7 +377,15 @@ impl Deployer for EngineDeployer {
     ) -> BoxFuture<'a, Deployment> {
         Box::pin(async move {
             let started = Timestamp::now();
-            let log = Arc::new(OperationLog::default());
+            let log = Arc::new(OperationLog::new(
+                operation_id,
+                format!(
+                    "{} {} @{}",
+                    job.kind.as_str(),
+                    job.environment,
+                    crate::status::render::short(&job.commit)
+                ),
+            ));
             let result = self
                 .run_job(repo, job, operation_id, cancel, log.clone())
                 .await;
@@ -315,8 +424,8 @@ impl Deployer for EngineDeployer {
         let base_p = self.prepare(repo, base, &state)?;
         let head_p = self.prepare(repo, head, &state)?;
         let prefix = format!("pr{pr}");
-        let base_ctx = Self::context(&base_p, base, prefix.clone());
-        let head_ctx = Self::context(&head_p, head, prefix);
+        let base_ctx = self.context(&base_p, base, prefix.clone());
+        let head_ctx = self.context(&head_p, head, prefix);
         let applied = state.applied().map_err(|e| e.to_string())?;
         let diff = plan::diff(
             Desired {
@@ -355,6 +464,143 @@ impl Deployer for EngineDeployer {
     fn redact(&self, text: &str) -> String {
         self.hide(text)
     }
+
+    fn interrupted_tree(&self, operation: &OperationRecord) -> Option<OperationNode> {
+        let state = match self.open_state() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(operation = %operation.id, error = %e, "cannot read what the interrupted operation recorded");
+                return None;
+            }
+        };
+        let tree = recorded_tree(&state, operation);
+        if tree.is_none() {
+            tracing::info!(operation = %operation.id, "the interrupted operation recorded no execution");
+        }
+        tree
+    }
+}
+
+/// What the state database recorded of `operation` (its executions, from the shared services it
+/// ran to its environment), as the status branch's tree. `None` when nothing was recorded.
+///
+/// Plan operation ids do not carry the daemon's operation id; with one plan running at a time,
+/// the environment's execution is the newest one of that environment and commit started after
+/// the operation, and its shared-service executions are those started between the two.
+pub fn recorded_tree(state: &State, operation: &OperationRecord) -> Option<OperationNode> {
+    let parse = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .map(|d| d.unix_timestamp())
+    };
+    let mut env_part = None;
+    let mut shared = Vec::new();
+    for id in state.executions().ok()?.into_iter().rev() {
+        let Ok(Some(exec)) = state.execution(id) else {
+            continue;
+        };
+        let started = parse(&exec.started_at).unwrap_or(i64::MIN);
+        if started < operation.started.0 {
+            break;
+        }
+        if env_part.is_none() {
+            if exec.environment.as_deref() == Some(operation.environment.as_str())
+                && exec.commit.as_deref() == Some(operation.commit.as_str())
+            {
+                env_part = Some(exec);
+            }
+        } else if exec.environment.is_none() {
+            shared.push(exec);
+        }
+    }
+    let env_part = env_part?;
+    let mut parts: Vec<OperationNode> = shared.iter().rev().filter_map(execution_tree).collect();
+    parts.extend(execution_tree(&env_part));
+    super::record::join_parts(
+        &format!(
+            "{} {} @{}",
+            operation.kind,
+            operation.environment,
+            crate::status::render::short(&operation.commit)
+        ),
+        parts,
+    )
+}
+
+/// One recorded execution as a tree of nodes (operations are stored depth first).
+fn execution_tree(exec: &crate::state::ExecutionRecord) -> Option<OperationNode> {
+    use crate::status::{NodeStatus, StepRecord};
+    let parse = |t: &Option<String>| {
+        t.as_deref().and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+    };
+    fn build(
+        ops: &[crate::state::OperationRecord],
+        i: usize,
+        node_of: &dyn Fn(&crate::state::OperationRecord) -> OperationNode,
+    ) -> OperationNode {
+        let mut node = node_of(&ops[i]);
+        for (j, o) in ops.iter().enumerate().skip(i + 1) {
+            if o.parent_op_id.as_deref() == Some(ops[i].op_id.as_str()) {
+                node.children.push(build(ops, j, node_of));
+            }
+        }
+        node
+    }
+    let node_of = |o: &crate::state::OperationRecord| OperationNode {
+        title: o.title.clone(),
+        status: super::record::node_status(o.status),
+        duration_ms: match (parse(&o.started_at), parse(&o.finished_at)) {
+            (Some(a), Some(b)) => Some((b - a).whole_milliseconds().max(0) as u64),
+            _ => None,
+        },
+        steps: o
+            .steps
+            .iter()
+            .map(|s| StepRecord {
+                name: s.name.clone(),
+                target: s.target.clone(),
+                status: match s.status {
+                    crate::execute::Status::Cancelled => NodeStatus::Skipped,
+                    other => super::record::node_status(other),
+                },
+                duration_ms: None,
+                output: s.output.as_ref().map(|o| o.text()).unwrap_or_default(),
+                error: s.error.clone(),
+            })
+            .collect(),
+        children: Vec::new(),
+    };
+    (!exec.operations.is_empty()).then(|| build(&exec.operations, 0, &node_of))
+}
+
+/// The servers a deploy of `environment` may run steps on: its services' servers, the servers
+/// of the shared services it attaches to, and the builders.
+fn job_servers(model: &Model, environment: &str) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let (app, env) = environment.split_once('/').unwrap_or((environment, ""));
+    if let Some(e) = model
+        .applications
+        .get(app)
+        .and_then(|a| a.environments.get(env))
+    {
+        for s in e.services.values() {
+            out.extend(s.servers.iter().cloned());
+        }
+        for a in &e.attachments {
+            if let Some(s) = model.services.get(&a.service) {
+                out.extend(s.servers.iter().cloned());
+            }
+        }
+    }
+    for s in model.servers.values() {
+        if s.has_role("builder") {
+            out.insert(s.name.clone());
+        }
+    }
+    out.retain(|s| model.servers.contains_key(s));
+    out.into_iter().collect()
 }
 
 fn resolve_commit(repo: &Path, rev: &str) -> Result<String, String> {
@@ -536,6 +782,17 @@ pub fn source_commits(
     model: &Model,
     secrets: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
+    source_commits_via(model, secrets, None)
+}
+
+/// `source_commits`, with ssh connections to the source repositories kept open for 5 minutes
+/// (an OpenSSH ControlMaster per host in `control_dir`, a 0700 directory): the next plan's
+/// `ls-remote` then costs a round trip instead of a handshake. The daemon uses this.
+pub fn source_commits_via(
+    model: &Model,
+    secrets: &BTreeMap<String, String>,
+    control_dir: Option<&Path>,
+) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for a in model.applications.values() {
         let Ok(dir) = tempfile::tempdir() else {
@@ -551,22 +808,33 @@ pub fn source_commits(
             if write_private(&key_path, key).is_err() {
                 continue;
             }
-            let ssh = crate::shell::join([
-                "ssh",
-                "-i",
-                &key_path.display().to_string(),
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=accept-new",
-                "-o",
-                &format!(
+            let mut args = vec![
+                "ssh".to_string(),
+                "-i".into(),
+                key_path.display().to_string(),
+                "-o".into(),
+                "IdentitiesOnly=yes".into(),
+                "-o".into(),
+                "BatchMode=yes".into(),
+                "-o".into(),
+                "StrictHostKeyChecking=accept-new".into(),
+                "-o".into(),
+                format!(
                     "UserKnownHostsFile={}",
                     dir.path().join("known_hosts").display()
                 ),
-            ]);
+            ];
+            if let Some(c) = control_dir {
+                for o in [
+                    "ControlMaster=auto".to_string(),
+                    format!("ControlPath={}/%C", c.display()),
+                    "ControlPersist=300".to_string(),
+                ] {
+                    args.push("-o".into());
+                    args.push(o);
+                }
+            }
+            let ssh = crate::shell::join(args.iter().map(String::as_str));
             cmd.env("GIT_SSH_COMMAND", ssh);
         }
         let Ok(out_put) = cmd.stderr(std::process::Stdio::null()).output() else {
@@ -612,4 +880,94 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         f.write_all(b"\n")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::plan::{Children, Operation, OperationKind, Step, StepAction, Target};
+    use crate::status::NodeStatus;
+
+    fn op(id: &str, kind: OperationKind, title: &str, children: Vec<Operation>) -> Operation {
+        Operation {
+            id: id.into(),
+            kind,
+            title: title.into(),
+            server: None,
+            steps: vec![Step {
+                name: format!("{title} step"),
+                target: Target::Local,
+                action: StepAction::Run {
+                    script: "true".into(),
+                    stdin: None,
+                },
+                timeout: Duration::from_secs(5),
+                idempotent: true,
+                capture: None,
+            }],
+            children_mode: Children::Sequential,
+            children,
+        }
+    }
+
+    const COMMIT: &str = "ae84924895d36e059ed2318e39a310c040501933";
+
+    fn record(id: &str, started: Timestamp) -> OperationRecord {
+        OperationRecord {
+            id: id.into(),
+            environment: "shop/production".into(),
+            kind: "deploy".into(),
+            commit: COMMIT.into(),
+            started,
+            finished: None,
+            outcome: Outcome::Interrupted,
+            error: None,
+            tree: None,
+        }
+    }
+
+    #[test]
+    fn the_recorded_tree_of_an_operation_a_killed_daemon_left_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Timestamp::now();
+        let tree = op(
+            "shop/production",
+            OperationKind::EnvironmentDeploy,
+            "environment_deploy shop/production",
+            vec![op(
+                "shop/production/build",
+                OperationKind::Build,
+                "build shop@0123456",
+                vec![],
+            )],
+        );
+        {
+            let state = State::open(dir.path()).unwrap();
+            // An older deploy of the same environment, then this operation's.
+            state
+                .begin_execution(Some("shop/production"), Some("0000000"), &tree)
+                .unwrap();
+            state
+                .begin_execution(Some("shop/production"), Some(COMMIT), &tree)
+                .unwrap();
+        }
+        let state = State::open(dir.path()).unwrap();
+        let got = recorded_tree(&state, &record("op1", started)).expect("a recorded tree");
+        assert_eq!(got.title, "environment_deploy shop/production");
+        assert_eq!(got.children.len(), 1);
+        assert_eq!(got.children[0].title, "build shop@0123456");
+        assert_eq!(got.children[0].steps[0].name, "build shop@0123456 step");
+        // Never started when the daemon died: cancelled by the next open, shown as skipped.
+        assert_eq!(got.children[0].steps[0].status, NodeStatus::Skipped);
+        // An operation of another environment, or one started later, ran nothing.
+        let mut staging = record("op2", started);
+        staging.environment = "shop/staging".into();
+        assert_eq!(recorded_tree(&state, &staging), None);
+        assert_eq!(
+            recorded_tree(&state, &record("op3", Timestamp(started.0 + 5))),
+            None
+        );
+    }
 }

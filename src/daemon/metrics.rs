@@ -28,6 +28,8 @@ struct Inner {
     webhooks: BTreeMap<(String, String), u64>,
     /// result → count.
     status_writes: BTreeMap<String, u64>,
+    /// Commit + push time of the status writes that made a commit: (count, sum, max) seconds.
+    status_commit_seconds: (u64, f64, f64),
     fetches: BTreeMap<String, u64>,
     health: BTreeMap<String, (Health, SyncState)>,
 }
@@ -79,6 +81,16 @@ impl Metrics {
 
     pub fn status_write(&self, result: &str) {
         self.with(|m| *m.status_writes.entry(result.to_string()).or_default() += 1)
+    }
+
+    /// A status write that made a commit took `seconds` (commit and push).
+    pub fn status_commit(&self, seconds: f64) {
+        self.with(|m| {
+            let (n, sum, max) = &mut m.status_commit_seconds;
+            *n += 1;
+            *sum += seconds;
+            *max = max.max(seconds);
+        })
     }
 
     pub fn fetch(&self, result: &str) {
@@ -167,6 +179,17 @@ impl Metrics {
             for (result, n) in &m.status_writes {
                 let _ = writeln!(o, "keystone_status_writes_total{{result=\"{}\"}} {n}", label(result));
             }
+            header(
+                &mut o,
+                "keystone_status_commit_seconds",
+                "summary",
+                "Commit + push time of status branch writes that made a commit.",
+            );
+            let (n, sum, max) = m.status_commit_seconds;
+            let _ = writeln!(o, "keystone_status_commit_seconds_sum {sum}");
+            let _ = writeln!(o, "keystone_status_commit_seconds_count {n}");
+            header(&mut o, "keystone_status_commit_seconds_max", "gauge", "Longest status commit + push.");
+            let _ = writeln!(o, "keystone_status_commit_seconds_max {max}");
             header(
                 &mut o,
                 "keystone_environment_health",

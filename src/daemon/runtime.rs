@@ -102,6 +102,10 @@ pub trait Deployer: Send + Sync + 'static {
     ) -> Result<PlanComment, String>;
     /// Remove every secret value from `text`.
     fn redact(&self, text: &str) -> String;
+    /// What was recorded of `operation`, which a previous daemon left running (killed). Blocking.
+    fn interrupted_tree(&self, _operation: &OperationRecord) -> Option<status::OperationNode> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -191,7 +195,18 @@ fn watch(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> Option<notify::Reco
         path.to_path_buf()
     };
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // Only changes: a fetch reading the refs would otherwise wake the next fetch, forever.
         if let Ok(ev) = res
+            && matches!(
+                ev.kind,
+                notify::EventKind::Create(_)
+                    | notify::EventKind::Remove(_)
+                    | notify::EventKind::Modify(
+                        notify::event::ModifyKind::Data(_)
+                            | notify::event::ModifyKind::Name(_)
+                            | notify::event::ModifyKind::Any
+                    )
+            )
             && ev
                 .paths
                 .iter()
@@ -295,6 +310,7 @@ impl Daemon {
             .await
             .unwrap_or_default();
         let now = Timestamp::now();
+        let mut interrupted: Vec<OperationRecord> = Vec::new();
         for (key, mut env) in read.environments {
             let failed = env.last_attempted.as_ref().and_then(|a| {
                 matches!(a.outcome, Outcome::Failed | Outcome::Blocked).then(|| a.commit.clone())
@@ -308,15 +324,15 @@ impl Daemon {
                 && op.outcome == Outcome::Running
             {
                 // Killed mid-deploy: say so; the commit is deployed again (steps are idempotent).
-                op.outcome = Outcome::Cancelled;
-                self.snapshot.operations.push(OperationRecord {
+                op.outcome = Outcome::Interrupted;
+                interrupted.push(OperationRecord {
                     id: op.id.clone(),
                     environment: key.clone(),
                     kind: op.kind.clone(),
                     commit: op.commit.clone(),
                     started: op.started,
                     finished: Some(now),
-                    outcome: Outcome::Cancelled,
+                    outcome: Outcome::Interrupted,
                     error: Some(
                         "interrupted: the daemon stopped during this operation; it is run again"
                             .into(),
@@ -326,6 +342,18 @@ impl Daemon {
             }
             self.snapshot.environments.insert(key, env);
         }
+        // What the state recorded of them: which steps had finished when the daemon stopped.
+        let deployer = self.deployer.clone();
+        let interrupted = tokio::task::spawn_blocking(move || {
+            let mut ops = interrupted;
+            for op in &mut ops {
+                op.tree = deployer.interrupted_tree(op);
+            }
+            ops
+        })
+        .await
+        .unwrap_or_default();
+        self.snapshot.operations.extend(interrupted);
         self.snapshot.servers = read.servers;
         self.snapshot.config_commit = read.config_commit;
         self.snapshot.updated_at = read.updated_at;
@@ -695,12 +723,24 @@ impl Daemon {
         let message = status::commit_message(subject, details);
         let writer = self.writer();
         let deployer = self.deployer.clone();
+        let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             writer.write(&files, &message, now, &|t: &str| deployer.redact(t))
         })
         .await;
         match result {
             Ok(Ok(out)) => {
+                if let Some(commit) = &out.commit {
+                    let took = started.elapsed();
+                    self.metrics.status_commit(took.as_secs_f64());
+                    tracing::info!(
+                        commit = %status::render::short(commit),
+                        pushed = out.pushed,
+                        ms = took.as_millis() as u64,
+                        subject,
+                        "status branch written"
+                    );
+                }
                 self.metrics.status_write(if out.commit.is_some() {
                     "committed"
                 } else {

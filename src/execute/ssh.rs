@@ -372,6 +372,17 @@ impl Transports {
         Self::new(model.servers.values().cloned(), settings)
     }
 
+    /// Open the connection to `server` now (ssh servers), so that its first step does not wait
+    /// for the handshake. The connection is kept for the steps; an error is left for the first
+    /// step to report (it connects again).
+    pub async fn connect(&self, server: &str) -> Result<(), TransportError> {
+        match self.kinds.get(server) {
+            Some(TransportKind::Ssh) => self.ssh.host(server).await.map(|_| ()),
+            Some(TransportKind::Local) => Ok(()),
+            None => Err(TransportError::UnknownServer(server.to_string())),
+        }
+    }
+
     fn pick(&self, target: &Target) -> Result<&dyn Transport, TransportError> {
         match target {
             Target::Local => Ok(&self.local),

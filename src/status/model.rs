@@ -300,6 +300,8 @@ pub enum Outcome {
     Succeeded,
     Failed,
     Cancelled,
+    /// The daemon stopped (killed, crashed) while the operation ran; found at the next start.
+    Interrupted,
     /// The commit did not validate or plan; nothing was deployed.
     Blocked,
 }
@@ -311,6 +313,7 @@ impl Outcome {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Interrupted => "interrupted",
             Self::Blocked => "blocked",
         }
     }
@@ -321,6 +324,7 @@ impl Outcome {
             Self::Succeeded => "✓",
             Self::Failed => "✗",
             Self::Cancelled => "⊘",
+            Self::Interrupted => "↯",
             Self::Blocked => "⛔",
         }
     }
@@ -485,6 +489,8 @@ pub enum NodeStatus {
     Succeeded,
     Failed,
     Cancelled,
+    /// Was running when the process running it stopped.
+    Interrupted,
     Skipped,
 }
 
@@ -496,6 +502,7 @@ impl NodeStatus {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Interrupted => "interrupted",
             Self::Skipped => "skipped",
         }
     }
@@ -507,6 +514,7 @@ impl NodeStatus {
             Self::Succeeded => "✓",
             Self::Failed => "✗",
             Self::Cancelled => "⊘",
+            Self::Interrupted => "↯",
             Self::Skipped => "-",
         }
     }
