@@ -6,7 +6,6 @@
 mod deploy_lab;
 mod engine_lab;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -230,5 +229,496 @@ async fn one_probe_round_over_the_lab_hosts() {
         took.push(r.took);
     }
     eprintln!("[health] warm rounds over 4 hosts: {took:?}");
+    reset_hosts();
+}
+
+// ---- the daemon on the lab ----------------------------------------------------------------------
+
+/// The probe interval of the test config (keystone.yaml `health.interval`).
+const INTERVAL: Duration = Duration::from_secs(2);
+/// Time for the status commit to land and this test to see it, on top of the issue's "within two
+/// probe intervals" (the test polls the branch every 200 ms).
+const SLACK: Duration = Duration::from_secs(2);
+
+/// Kills the daemon when the test ends, however it ends.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A host cut off from the lab; restored when dropped, however the test ends.
+struct Cut(&'static str);
+
+impl Cut {
+    fn new(host: &'static str) -> Cut {
+        let out = Command::new(lab_script())
+            .args(["cut", host])
+            .output()
+            .expect("scripts/lab cut");
+        assert!(
+            out.status.success(),
+            "scripts/lab cut {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Cut(host)
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        let out = Command::new(lab_script())
+            .args(["restore", self.0])
+            .output();
+        if !out.is_ok_and(|o| o.status.success()) {
+            eprintln!("[health] scripts/lab restore {} failed", self.0);
+        }
+    }
+}
+
+fn git_out(repo: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(repo)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn branch_file(repo: &Path, path: &str) -> Option<String> {
+    git_out(repo, &["show", &format!("keystone/status:{path}")])
+}
+
+fn env_status(repo: &Path, env: &str) -> Option<EnvironmentStatus> {
+    serde_saphyr::from_str(&branch_file(repo, &format!("environments/{env}.yaml"))?).ok()
+}
+
+#[derive(serde::Deserialize)]
+struct ServerFile {
+    #[allow(dead_code)]
+    name: String,
+    #[serde(flatten)]
+    status: ServerStatus,
+}
+
+fn server_status(repo: &Path, name: &str) -> Option<ServerStatus> {
+    serde_saphyr::from_str::<ServerFile>(&branch_file(repo, &format!("servers/{name}.yaml"))?)
+        .ok()
+        .map(|f| f.status)
+}
+
+fn commits(repo: &Path) -> usize {
+    git_out(repo, &["rev-list", "--count", "keystone/status"])
+        .and_then(|c| c.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Commit messages of the status branch, newest first.
+fn messages(repo: &Path, n: usize) -> Vec<String> {
+    git_out(
+        repo,
+        &[
+            "log",
+            &format!("-{n}"),
+            "--format=%B%x00",
+            "keystone/status",
+        ],
+    )
+    .unwrap_or_default()
+    .split('\0')
+    .map(|m| m.trim().to_string())
+    .filter(|m| !m.is_empty())
+    .collect()
+}
+
+fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
+fn probe_rounds(port: u16) -> u64 {
+    metrics(port)
+        .lines()
+        .find_map(|l| l.strip_prefix("keystone_probe_rounds_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Poll `f` every 200 ms until it answers `Some`, for at most `limit`; the answer and how long it
+/// took.
+fn within<T>(
+    limit: Duration,
+    what: &str,
+    log: &Path,
+    mut f: impl FnMut() -> Option<T>,
+) -> (T, Duration) {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return (v, t.elapsed());
+        }
+        assert!(
+            t.elapsed() < limit,
+            "{what}: not within {limit:?}\n--- daemon log (tail) ---\n{}",
+            tail(log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+fn replica<'a>(
+    env: &'a EnvironmentStatus,
+    service: &str,
+    index: u32,
+) -> &'a keystone::status::ReplicaStatus {
+    env.services[service]
+        .replicas
+        .iter()
+        .find(|r| r.index == index)
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The daemon on the example config (health every 2 s, self_heal on staging only) keeps the
+/// status branch true: a killed replica, self-heal, a replica replaced by hand, an orphan, a host
+/// cut off and restored, and quiet rounds that add no commit.
+#[test]
+fn the_daemon_keeps_the_status_branch_true_between_deploys() {
+    let _lab = lock();
+    let env = lab_env();
+    reset_hosts();
+    let d = Deployment::new();
+    d.edit("keystone.yaml", |t| {
+        t.replace("health:\n  interval: 30s", "health:\n  interval: 2s")
+    });
+    d.edit("applications/shop/environments/staging.yaml", |t| {
+        format!("{t}\nself_heal: true\n")
+    });
+    let port = free_port();
+    let log = d.dir.path().join("daemon.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_keystone"))
+        .args(["--log", "keystone=info", "daemon", "--repo"])
+        .arg(&d.repo)
+        .arg("--state")
+        .arg(&d.state)
+        .args(["--ssh-key", env["client_key"].as_str().unwrap()])
+        .arg("--age-key-file")
+        .arg(format!("{ROOT}/examples/config-repo/TEST-ONLY-age-key.txt"))
+        .args([
+            "--poll-interval",
+            "2",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("daemon log"))
+        .spawn()
+        .expect("start keystone daemon");
+    let _daemon = Daemon(child);
+    let repo = d.repo.as_path();
+
+    // Deployed by the daemon, then probed: every replica healthy and synced, servers reachable.
+    let t = Instant::now();
+    let (prod, _) = within(
+        Duration::from_secs(15 * 60),
+        "both environments deployed and probed healthy",
+        &log,
+        || {
+            let p = env_status(repo, "shop/production")?;
+            let s = env_status(repo, "shop/staging")?;
+            let all = |e: &EnvironmentStatus| {
+                e.last_applied.is_some()
+                    && e.health == Health::Healthy
+                    && e.sync == SyncState::Synced
+                    && e.services
+                        .values()
+                        .flat_map(|s| &s.replicas)
+                        .all(|r| r.started.is_some() && r.restart_count.is_some())
+            };
+            let probed = ["build-1", "web-1", "web-2", "db-1"]
+                .iter()
+                .all(|h| server_status(repo, h).is_some_and(|s| s.reachable == Some(true)));
+            (all(&p) && all(&s) && probed).then_some(p)
+        },
+    );
+    eprintln!(
+        "[health] deployed and probed healthy after {:.0?}",
+        t.elapsed()
+    );
+    let web1 = server_status(repo, "web-1").unwrap();
+    assert_eq!(
+        web1.docker_version.as_deref(),
+        Some(ssh_ok("web-1", "docker version --format '{{.Server.Version}}'").trim())
+    );
+    assert!(
+        web1.last_seen.is_some() && web1.disk_free_bytes.is_some_and(|b| b > 0),
+        "{web1:?}"
+    );
+    let db1 = server_status(repo, "db-1").unwrap();
+    assert_eq!(
+        db1.services["main-postgres"].health,
+        Health::Healthy,
+        "{db1:?}"
+    );
+    assert!(db1.drift.is_empty(), "{db1:?}");
+
+    // Twenty probe rounds with nothing changing: no commit.
+    let (c0, r0) = (commits(repo), probe_rounds(port));
+    assert!(r0 > 0, "no probe round counted in /metrics");
+    within(
+        Duration::from_secs(120),
+        "twenty more probe rounds",
+        &log,
+        || (probe_rounds(port) >= r0 + 20).then_some(()),
+    );
+    assert_eq!(
+        commits(repo),
+        c0,
+        "quiet probe rounds added status commits: {:?}",
+        messages(repo, 5)
+    );
+    let m = metrics(port);
+    assert!(
+        m.lines().any(|l| l
+            == "keystone_environment_health{environment=\"shop/production\",health=\"healthy\"} 1"),
+        "{m}"
+    );
+
+    // Kill production web#2 (self_heal off): degraded with the exit code, within two intervals,
+    // for the replica, the service and the environment; and it stays so.
+    let w2 = replica(&prod, "web", 2).container.clone().unwrap();
+    assert_eq!(replica(&prod, "web", 2).server, "web-2");
+    ssh_ok("web-2", &format!("docker kill {w2}"));
+    let (p, took) = within(
+        2 * INTERVAL + SLACK,
+        "production web#2 degraded",
+        &log,
+        || {
+            env_status(repo, "shop/production")
+                .filter(|e| replica(e, "web", 2).health == Health::Degraded)
+        },
+    );
+    eprintln!("[health] killed web#2 reported degraded after {took:.1?}");
+    let r = replica(&p, "web", 2);
+    assert_eq!(r.exit_code, Some(137));
+    assert_eq!(r.message.as_deref(), Some("container exited (137)"));
+    assert_eq!(r.sync, SyncState::OutOfSync);
+    let last = r.transitions.last().unwrap();
+    assert_eq!((last.from, last.to), (Health::Healthy, Health::Degraded));
+    assert_eq!(last.reason.as_deref(), Some("container exited (137)"));
+    assert_eq!(p.services["web"].health, Health::Degraded);
+    assert_eq!(p.health, Health::Degraded);
+    assert_eq!(p.sync, SyncState::OutOfSync);
+    assert_eq!(
+        p.sync_reason.as_deref(),
+        Some("drift: web#2 container exited (137)")
+    );
+    assert_eq!(replica(&p, "web", 1).health, Health::Healthy);
+    assert_eq!(p.services["worker"].health, Health::Healthy);
+    let msgs = messages(repo, 3);
+    assert!(
+        msgs.iter().any(
+            |m| m.starts_with("status: shop/production web#2 degraded: container exited (137)")
+        ),
+        "{msgs:#?}"
+    );
+    let readme = branch_file(repo, "README.md").unwrap();
+    assert!(readme.contains("| 🔴 degraded 2/3 |"), "{readme}");
+    within(Duration::from_secs(10), "degraded gauge", &log, || {
+        metrics(port)
+            .lines()
+            .any(|l| l == "keystone_environment_health{environment=\"shop/production\",health=\"degraded\"} 1")
+            .then_some(())
+    });
+    std::thread::sleep(4 * INTERVAL);
+    assert_eq!(
+        ssh_ok(
+            "web-2",
+            &format!("docker inspect --format '{{{{.State.Status}}}}' {w2}")
+        )
+        .trim(),
+        "exited",
+        "without self_heal nothing is re-deployed"
+    );
+    assert_eq!(
+        env_status(repo, "shop/production").unwrap().health,
+        Health::Degraded
+    );
+
+    // Kill staging web#1 (self_heal on): reported degraded, then re-deployed and healthy again.
+    let staging = env_status(repo, "shop/staging").unwrap();
+    let s1 = replica(&staging, "web", 1).container.clone().unwrap();
+    ssh_ok("web-1", &format!("docker kill {s1}"));
+    within(2 * INTERVAL + SLACK, "staging web#1 degraded", &log, || {
+        env_status(repo, "shop/staging").filter(|e| replica(e, "web", 1).health == Health::Degraded)
+    });
+    let (healed, took) = within(Duration::from_secs(300), "staging healed", &log, || {
+        env_status(repo, "shop/staging").filter(|e| {
+            e.health == Health::Healthy
+                && e.sync == SyncState::Synced
+                && replica(e, "web", 1).container.as_deref() != Some(s1.as_str())
+        })
+    });
+    eprintln!("[health] staging web#1 healed after {took:.1?}");
+    let h = replica(&healed, "web", 1);
+    let new = h.container.clone().unwrap();
+    assert_eq!(
+        ssh_ok(
+            "web-1",
+            &format!("docker inspect --format '{{{{.State.Status}}}}' {new}")
+        )
+        .trim(),
+        "running"
+    );
+    let kinds: Vec<(Health, Health)> = h.transitions.iter().map(|t| (t.from, t.to)).collect();
+    assert!(
+        kinds.ends_with(&[
+            (Health::Healthy, Health::Degraded),
+            (Health::Degraded, Health::Healthy)
+        ]),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        healed.last_operation.as_ref().map(|o| o.kind.as_str()),
+        Some("heal"),
+        "{:?}",
+        healed.last_operation
+    );
+    assert!(
+        ssh_ok(
+            "web-1",
+            &format!("docker ps -a --format '{{{{.Names}}}}' --filter name=^{s1}$")
+        )
+        .trim()
+        .is_empty(),
+        "the dead container was removed"
+    );
+
+    // Production web#2 replaced by hand with another image: out_of_sync with both digests.
+    let (base, base_digest) = base_image();
+    let applied_digest = replica(&p, "web", 2).digest.clone().unwrap();
+    ssh_ok(
+        "web-2",
+        &format!(
+            "docker rm -f {w2} >/dev/null && docker run -d --name {w2} --label keystone.replica=shop/production/web#2 {base} sleep 600"
+        ),
+    );
+    let (p, _) = within(
+        2 * INTERVAL + SLACK,
+        "production web#2 running another image",
+        &log,
+        || {
+            env_status(repo, "shop/production")
+                .filter(|e| replica(e, "web", 2).running_digest.is_some())
+        },
+    );
+    let r = replica(&p, "web", 2);
+    assert_eq!(r.running_digest.as_deref(), Some(base_digest.as_str()));
+    assert_eq!(r.digest.as_deref(), Some(applied_digest.as_str()));
+    assert_eq!((r.health, r.sync), (Health::Healthy, SyncState::OutOfSync));
+    assert_eq!(
+        r.message.as_deref(),
+        Some(format!("runs {base_digest}, applied {applied_digest}").as_str())
+    );
+
+    // An orphan keystone-labelled container on web-1, reported, then gone.
+    ssh_ok(
+        "web-1",
+        &format!(
+            "docker run -d --name keystone-health-orphan --label keystone.replica=shop/production/web#7 --label keystone.environment=shop/production {base} sleep 600"
+        ),
+    );
+    let orphan = "orphan container keystone-health-orphan (running, keystone.replica=shop/production/web#7, keystone.environment=shop/production) that no applied plan knows";
+    within(2 * INTERVAL + SLACK, "the orphan reported", &log, || {
+        server_status(repo, "web-1").filter(|s| s.drift == [orphan])
+    });
+    assert!(
+        branch_file(repo, "README.md")
+            .unwrap()
+            .contains(&format!("- web-1: {orphan}"))
+    );
+    ssh_ok("web-1", "docker rm -f keystone-health-orphan >/dev/null");
+    within(2 * INTERVAL + SLACK, "the orphan gone", &log, || {
+        server_status(repo, "web-1").filter(|s| s.drift.is_empty())
+    });
+
+    // web-2 cut off: unreachable and its replicas unknown within two intervals; web-1's replicas
+    // untouched; back up: reachable and as before.
+    let before = env_status(repo, "shop/production").unwrap();
+    let cut = Cut::new("web-2");
+    let (s, took) = within(2 * INTERVAL + SLACK, "web-2 unreachable", &log, || {
+        server_status(repo, "web-2").filter(|s| s.reachable == Some(false))
+    });
+    eprintln!(
+        "[health] web-2 cut: reported unreachable after {took:.1?} ({:?})",
+        s.error
+    );
+    let p = env_status(repo, "shop/production").unwrap();
+    assert_eq!(replica(&p, "web", 2).health, Health::Unknown);
+    assert_eq!(replica(&p, "worker", 1).health, Health::Unknown);
+    assert_eq!(
+        replica(&p, "web", 1),
+        replica(&before, "web", 1),
+        "web-1's replica unaffected"
+    );
+    assert_eq!(server_status(repo, "web-1").unwrap().reachable, Some(true));
+    let st = env_status(repo, "shop/staging").unwrap();
+    assert_eq!((st.health, st.sync), (Health::Healthy, SyncState::Synced));
+    // Rounds stay on time while web-2 hangs: web-1 keeps being probed every interval.
+    let r0 = probe_rounds(port);
+    std::thread::sleep(5 * INTERVAL);
+    let r1 = probe_rounds(port);
+    assert!(
+        r1 >= r0 + 4,
+        "{} rounds in {:?} with a host cut off",
+        r1 - r0,
+        5 * INTERVAL
+    );
+    drop(cut);
+    let (p, took) = within(Duration::from_secs(60), "web-2 recovered", &log, || {
+        let reachable = server_status(repo, "web-2")?.reachable == Some(true);
+        env_status(repo, "shop/production")
+            .filter(|e| reachable && replica(e, "worker", 1).health == Health::Healthy)
+    });
+    eprintln!("[health] web-2 restored: recovered after {took:.1?}");
+    assert_eq!(
+        replica(&p, "web", 2).running_digest.as_deref(),
+        Some(base_digest.as_str())
+    );
+    assert!(
+        messages(repo, 10)
+            .iter()
+            .any(|m| m.contains("web-2 reachable again")),
+        "{:#?}",
+        messages(repo, 10)
+    );
     reset_hosts();
 }
