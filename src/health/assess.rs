@@ -426,7 +426,7 @@ fn assess_replica(r: &ExpectedReplica, probe: Option<&ServerProbe>) -> ReplicaAs
     } else {
         SyncState::OutOfSync
     };
-    a.message = health_reason.or_else(|| a.drift.first().map(|d| drift_message(d)));
+    a.message = health_reason.or_else(|| a.drift.first().map(drift_message));
     a
 }
 
