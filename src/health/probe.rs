@@ -35,40 +35,52 @@ const INFO_FORMAT: &str = "{{json .ServerVersion}}\t{{json .DockerRootDir}}";
 /// Keystone-labelled container and the images they run, and the SHA-256 of `files` (the files
 /// Keystone wrote there). Every interpolated value is quoted.
 pub fn probe_script(files: &[String]) -> String {
-    let mut s = String::new();
-    s.push_str("set -u\n");
-    s.push_str(&format!("echo {}\n", quote(PROBE_HEADER)));
-    s.push_str("tab=$(printf '\\t')\n");
-    s.push_str(&format!(
-        "if info=$(docker info --format {info} 2>/dev/null); then\n\
-         \x20 printf 'I\\t%s\\n' \"$info\"\n\
-         \x20 root=${{info#*\"$tab\"}}; root=${{root#\\\"}}; root=${{root%\\\"}}\n\
-         \x20 [ -n \"$root\" ] && df -Pk -- \"$root\" 2>/dev/null | awk 'NR==2 {{print \"D\\t\" $4}}'\n\
-         \x20 ids=$(docker ps -aq --no-trunc --filter {label})\n\
-         \x20 if [ -n \"$ids\" ]; then\n\
-         \x20   docker inspect --format {cf} $ids\n\
-         \x20   imgs=$(docker inspect --format '{{{{.Image}}}}' $ids | sort -u)\n\
-         \x20   [ -n \"$imgs\" ] && docker image inspect --format {imf} $imgs 2>/dev/null\n\
-         \x20 fi\n\
-         else\n\
-         \x20 err=$(docker info --format {info} 2>&1 >/dev/null | tail -n 1)\n\
-         \x20 printf 'E\\t%s\\n' \"${{err:-docker info failed}}\"\n\
-         fi\n",
-        info = quote(INFO_FORMAT),
-        label = quote(&format!("label={REPLICA_LABEL}")),
-        cf = quote(CONTAINER_FORMAT),
-        imf = quote(IMAGE_FORMAT),
-    ));
-    if !files.is_empty() {
-        s.push_str("sha256sum --");
-        for f in files {
-            s.push(' ');
-            s.push_str(&quote(f));
+    // Three independent parts run at once (the Docker CLI calls dominate a round), each into
+    // its own file of a private temp dir, printed together at the end.
+    const TEMPLATE: &str = r#"set -u
+echo HEADER
+tab=$(printf '\t')
+t=$(mktemp -d 2>/dev/null || mktemp -d -t keystone-probe.XXXXXX) || { echo 'E	mktemp failed'; exit 0; }
+trap 'rm -rf -- "$t"' EXIT
+(
+  if info=$(docker info --format INFO 2>/dev/null); then
+    printf 'I\t%s\n' "$info"
+    root=${info#*"$tab"}; root=${root#\"}; root=${root%\"}
+    [ -n "$root" ] && df -Pk -- "$root" 2>/dev/null | awk 'NR==2 {print "D\t" $4}'
+  else
+    err=$(docker info --format INFO 2>&1 >/dev/null | tail -n 1)
+    printf 'E\t%s\n' "${err:-docker info failed}"
+  fi
+) >"$t/i" 2>/dev/null &
+(
+  ids=$(docker ps -aq --no-trunc --filter LABEL) && [ -n "$ids" ] || exit 0
+  docker inspect --format CONTAINERS $ids >"$t/c" || exit 0
+  imgs=$(cut -f7 "$t/c" | tr -d '"' | sort -u)
+  [ -n "$imgs" ] && docker image inspect --format IMAGES $imgs
+) >"$t/m" 2>/dev/null &
+FILES
+wait
+cat -- "$t/i" "$t/c" "$t/m" "$t/f" 2>/dev/null
+exit 0
+"#;
+    let files = if files.is_empty() {
+        String::new()
+    } else {
+        let mut f = String::from("(sha256sum --");
+        for p in files {
+            f.push(' ');
+            f.push_str(&quote(p));
         }
-        s.push_str(" 2>/dev/null | sed 's/^/F\\t/'\n");
-    }
-    s.push_str("exit 0\n");
-    s
+        f.push_str(" | sed 's/^/F\\t/') >\"$t/f\" 2>/dev/null &");
+        f
+    };
+    TEMPLATE
+        .replace("HEADER", &quote(PROBE_HEADER))
+        .replace("INFO", &quote(INFO_FORMAT))
+        .replace("LABEL", &quote(&format!("label={REPLICA_LABEL}")))
+        .replace("CONTAINERS", &quote(CONTAINER_FORMAT))
+        .replace("IMAGES", &quote(IMAGE_FORMAT))
+        .replace("FILES", &files)
 }
 
 /// What one probe of one server saw.
@@ -362,26 +374,40 @@ mod tests {
     }
 
     #[test]
-    fn the_script_hashes_files_like_the_parser_expects() {
-        // Run only the file part locally (no docker needed): the output parses back to the
-        // exact hashes of the bytes.
+    fn the_script_runs_and_parses_back_without_docker() {
+        // The whole script under sh with a `docker` that fails: Docker's error is reported, and
+        // the files are hashed exactly, hostile names included.
         let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("it's a file");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let stub = bin.join("docker");
+        std::fs::write(
+            &stub,
+            "#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let a = dir.path().join("it's a $(file)");
         let b = dir.path().join("missing");
         std::fs::write(&a, b"hello\n").unwrap();
         let files = [a.display().to_string(), b.display().to_string()];
-        let script = probe_script(&files);
-        let part = script
-            .lines()
-            .filter(|l| l.starts_with("sha256sum") || l.starts_with("echo"))
-            .collect::<Vec<_>>()
-            .join("\n");
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(&part)
+            .arg(probe_script(&files))
+            .env(
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+            )
             .output()
             .unwrap();
+        assert!(out.status.success());
         let f = parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        assert_eq!(
+            f.docker_error.as_deref(),
+            Some("Cannot connect to the Docker daemon")
+        );
+        assert!(f.containers.is_empty());
         use sha2::Digest;
         assert_eq!(
             f.files.get(&files[0]).map(String::as_str),
