@@ -18,6 +18,8 @@ use crate::status::{StatusSnapshot, Timestamp};
 pub const FIRST_ROUND: Duration = Duration::from_secs(2);
 /// When the deployer cannot probe yet (no commit loaded), ask again after this.
 const RETRY: Duration = Duration::from_secs(5);
+/// While a round is still running, look again this soon.
+const BUSY_RETRY: Duration = Duration::from_millis(200);
 /// When the deployer does not probe at all.
 const NEVER: Duration = Duration::from_secs(24 * 3600);
 
@@ -69,10 +71,11 @@ impl HealthLoop {
         let Some(commit) = commit else {
             return RETRY;
         };
-        let next = health::jittered(self.interval.unwrap_or(FIRST_ROUND * 5));
         if self.in_flight {
-            return next;
+            // Rounds slower than the interval: the next starts soon after this one ends.
+            return BUSY_RETRY;
         }
+        let next = health::jittered(self.interval.unwrap_or(FIRST_ROUND));
         self.in_flight = true;
         let operations_at_start = operations(snapshot);
         let tx = tx.clone();
