@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod drivers;
 pub mod execute;
+pub mod health;
 pub mod model;
 pub mod plan;
 pub mod render;

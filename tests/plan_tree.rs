@@ -186,6 +186,64 @@ fn manual_migrations_run_only_on_request() {
 }
 
 #[test]
+fn a_heal_replaces_only_the_drifted_replicas_and_touches_no_shared_service() {
+    let m = example();
+    let applied = deployed(&m);
+    // Nothing changed: a deploy plans nothing for production.
+    let p = plan::plan(Desired::valid(&m), &applied, &ctx("a1b2c3d"));
+    assert!(
+        p.environment("shop", "production")
+            .unwrap()
+            .operation
+            .is_none()
+    );
+
+    let mut c = ctx("a1b2c3d");
+    c.request = Request::Heal {
+        app: "shop".into(),
+        env: "production".into(),
+        replicas: [("web#2".to_string(), "container exited (137)".to_string())].into(),
+    };
+    let p = plan::plan(Desired::valid(&m), &applied, &c);
+    assert_eq!(p.environments.len(), 1, "only the healed environment");
+    assert!(p.services.is_empty(), "no shared service is touched");
+    let root = env_op(&p, "production");
+    let titles: Vec<&str> = root.walk().iter().map(|o| o.title.as_str()).collect();
+    assert!(
+        titles.contains(&"replica_deploy web#2 @web-2   replace (drifted: container exited (137))"),
+        "{titles:#?}"
+    );
+    for o in root.walk() {
+        assert!(
+            !matches!(
+                o.kind,
+                OperationKind::Build | OperationKind::Migration | OperationKind::SliceProvision
+            ),
+            "{:?} in a heal: {}",
+            o.kind,
+            o.title
+        );
+        assert!(
+            !o.title.contains("web#1") && !o.title.contains("worker#1"),
+            "{}",
+            o.title
+        );
+    }
+    // The new slot starts from the applied digest, and the gateway switches to it.
+    let after = &p.environment("shop", "production").unwrap().applied_after;
+    let web = &after.as_ref().unwrap().services["web"];
+    let old = &applied.environments["shop/production"].services["web"];
+    assert_eq!(web.replicas[0], old.replicas[0], "web#1 stays as it was");
+    assert_eq!(web.replicas[1].digest, DIGEST);
+    assert_ne!(web.replicas[1].slot, old.replicas[1].slot);
+    assert!(
+        root.children
+            .iter()
+            .any(|c| c.kind == OperationKind::GatewayCutover)
+    );
+}
+
+#[test]
 fn multi_server_replicas_pull_by_digest_before_start() {
     let p = first_deploy(&example());
     let root = env_op(&p, "production");

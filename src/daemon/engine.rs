@@ -35,6 +35,27 @@ pub struct EngineDeployer {
     /// Opened on first use and kept: the daemon owns its state directory (its lock) while it
     /// runs, and a pull request's plan can be computed while a deploy holds the state.
     state: Arc<std::sync::Mutex<Option<Arc<State>>>>,
+    /// The health prober of the last commit probed, and what it last read and found.
+    probing: Arc<std::sync::Mutex<Probing>>,
+}
+
+/// What the probe keeps between rounds: the connections (one ssh master per server, reused),
+/// the applied state read when no deploy held the state, and the drift found per environment
+/// (what a heal job re-applies).
+#[derive(Default)]
+struct Probing {
+    commit: Option<String>,
+    setup: Option<Arc<ProbeSetup>>,
+    expected: Option<Arc<(plan::Applied, crate::health::WrittenFiles)>>,
+    drift: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+struct ProbeSetup {
+    prober: crate::health::Prober,
+    servers: Vec<String>,
+    remote_root: String,
+    interval: std::time::Duration,
+    self_heal: std::collections::BTreeSet<String>,
 }
 
 /// What a job runs: the plan of its environment, with what executing it needs.
@@ -66,12 +87,91 @@ impl EngineDeployer {
             redactor: Redactor::new(),
             serial: Arc::new(tokio::sync::Mutex::new(())),
             state: Arc::default(),
+            probing: Arc::default(),
         }
     }
 
     /// `text` with every secret value removed.
     fn hide(&self, text: &str) -> String {
         self.redactor.redact(text).into_owned()
+    }
+
+    fn probing(&self) -> std::sync::MutexGuard<'_, Probing> {
+        self.probing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The prober for `commit`'s servers (built once per commit; connections kept).
+    async fn probe_setup(&self, repo: &Path, commit: &str) -> Result<Arc<ProbeSetup>, String> {
+        {
+            let p = self.probing();
+            if p.commit.as_deref() == Some(commit)
+                && let Some(s) = &p.setup
+            {
+                return Ok(s.clone());
+            }
+        }
+        let (repo, rev) = (repo.to_path_buf(), commit.to_string());
+        let model = tokio::task::spawn_blocking(move || {
+            let git = git2::Repository::open(&repo).map_err(|e| e.to_string())?;
+            crate::config::load_rev(&git, &rev)
+                .map(|l| l.model)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let identity = self
+            .ssh_key
+            .clone()
+            .unwrap_or_else(SshSettings::default_identity_file);
+        // Its own ssh files directory: deploys write theirs under ssh/ at the same time.
+        let transport = Arc::new(Transports::for_model(
+            &model,
+            SshSettings::new(self.state_dir.join("ssh-probe"), identity),
+        ));
+        let setup = Arc::new(ProbeSetup {
+            prober: crate::health::Prober::new(transport, self.redactor.clone()),
+            servers: model.servers.keys().cloned().collect(),
+            remote_root: model.project.remote_root.clone(),
+            interval: model.project.health.interval,
+            self_heal: model
+                .applications
+                .values()
+                .flat_map(|a| a.environments.values())
+                .filter(|e| e.self_heal)
+                .map(|e| e.key())
+                .collect(),
+        });
+        let mut p = self.probing();
+        p.commit = Some(commit.to_string());
+        p.setup = Some(setup.clone());
+        Ok(setup)
+    }
+
+    /// The applied state and written files; read afresh unless a deploy holds the state (then
+    /// what was read last: the deploying environment's results are not used anyway).
+    async fn probe_expected(&self) -> Arc<(plan::Applied, crate::health::WrittenFiles)> {
+        if let Ok(_idle) = self.serial.try_lock() {
+            // The daemon's own state (it holds the directory's lock while it runs).
+            let state = self.open_state();
+            let read = tokio::task::spawn_blocking(move || {
+                let state = state?;
+                let applied = state.applied().map_err(|e| e.to_string())?;
+                let written = state.written_files().map_err(|e| e.to_string())?;
+                Ok::<_, String>((applied, written))
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            match read {
+                Ok(x) => {
+                    let x = Arc::new(x);
+                    self.probing().expected = Some(x.clone());
+                    return x;
+                }
+                Err(e) => tracing::warn!(error = %e, "probe: cannot read the applied state"),
+            }
+        }
+        self.probing().expected.clone().unwrap_or_default()
     }
 
     /// The state, opened the first time (which marks what a killed daemon left running as
@@ -174,7 +274,21 @@ impl EngineDeployer {
         let p = self
             .prepare_loaded(&git, loaded, &commit, &state)
             .map_err(failed)?;
-        let ctx = self.context(&p, &commit, operation_id.to_string());
+        let mut ctx = self.context(&p, &commit, operation_id.to_string());
+        if job.kind == crate::daemon::queue::JobKind::Heal
+            && let Some((app, env)) = job.environment.split_once('/')
+        {
+            ctx.request = plan::Request::Heal {
+                app: app.to_string(),
+                env: env.to_string(),
+                replicas: self
+                    .probing()
+                    .drift
+                    .get(&job.environment)
+                    .cloned()
+                    .unwrap_or_default(),
+            };
+        }
         let applied = state.applied().map_err(|e| failed(e.to_string()))?;
         let mut plan = plan::plan(
             Desired {
@@ -478,6 +592,61 @@ impl Deployer for EngineDeployer {
             tracing::info!(operation = %operation.id, "the interrupted operation recorded no execution");
         }
         tree
+    }
+
+    fn probe<'a>(
+        &'a self,
+        repo: &'a Path,
+        commit: &'a str,
+    ) -> BoxFuture<'a, Option<crate::health::ProbeReport>> {
+        Box::pin(async move {
+            let setup = match self.probe_setup(repo, commit).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %self.hide(&e), "probe: cannot load the config");
+                    // Try again next round (with the default interval).
+                    return Some(crate::health::ProbeReport {
+                        interval: std::time::Duration::from_secs(30),
+                        self_heal: Default::default(),
+                        assessment: Default::default(),
+                        took: Default::default(),
+                    });
+                }
+            };
+            let expected = self.probe_expected().await;
+            let expected =
+                crate::health::Expected::from_applied(&expected.0, &expected.1, &setup.remote_root);
+            let round = setup
+                .prober
+                .round(
+                    &setup.servers,
+                    &expected.files_by_server(),
+                    crate::health::server_timeout(setup.interval),
+                )
+                .await;
+            let assessment = crate::health::assess(&expected, &round.servers);
+            let mut drift = BTreeMap::new();
+            for r in &assessment.replicas {
+                if let Some(env) = &r.expected.environment
+                    && !r.drift.is_empty()
+                {
+                    drift
+                        .entry(env.clone())
+                        .or_insert_with(BTreeMap::new)
+                        .insert(
+                            format!("{}#{}", r.expected.service, r.expected.index),
+                            r.message.clone().unwrap_or_else(|| r.drift[0].to_string()),
+                        );
+                }
+            }
+            self.probing().drift = drift;
+            Some(crate::health::ProbeReport {
+                interval: setup.interval,
+                self_heal: setup.self_heal.clone(),
+                assessment,
+                took: round.took,
+            })
+        })
     }
 }
 

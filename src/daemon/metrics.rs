@@ -32,6 +32,11 @@ struct Inner {
     status_commit_seconds: (u64, f64, f64),
     fetches: BTreeMap<String, u64>,
     health: BTreeMap<String, (Health, SyncState)>,
+    probe_rounds: u64,
+    /// Changes (status lines) found by probe rounds.
+    probe_changes: u64,
+    last_probe_seconds: Option<f64>,
+    servers_reachable: BTreeMap<String, bool>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -100,6 +105,21 @@ impl Metrics {
     pub fn environment_state(&self, environment: &str, health: Health, sync: SyncState) {
         self.with(|m| {
             m.health.insert(environment.to_string(), (health, sync));
+        })
+    }
+
+    /// A health probe round ended: how long it took and how many state changes it found.
+    pub fn probe_round(&self, seconds: f64, changes: u64) {
+        self.with(|m| {
+            m.probe_rounds += 1;
+            m.probe_changes += changes;
+            m.last_probe_seconds = Some(seconds);
+        })
+    }
+
+    pub fn server_reachable(&self, server: &str, reachable: bool) {
+        self.with(|m| {
+            m.servers_reachable.insert(server.to_string(), reachable);
         })
     }
 
@@ -222,6 +242,38 @@ impl Metrics {
                     );
                 }
             }
+            header(&mut o, "keystone_probe_rounds_total", "counter", "Health probe rounds.");
+            let _ = writeln!(o, "keystone_probe_rounds_total {}", m.probe_rounds);
+            header(
+                &mut o,
+                "keystone_probe_changes_total",
+                "counter",
+                "State changes found by health probe rounds.",
+            );
+            let _ = writeln!(o, "keystone_probe_changes_total {}", m.probe_changes);
+            if let Some(s) = m.last_probe_seconds {
+                header(
+                    &mut o,
+                    "keystone_probe_duration_seconds",
+                    "gauge",
+                    "Wall time of the last health probe round (all servers in parallel).",
+                );
+                let _ = writeln!(o, "keystone_probe_duration_seconds {s}");
+            }
+            header(
+                &mut o,
+                "keystone_server_reachable",
+                "gauge",
+                "1 when the server answered the last health probe.",
+            );
+            for (server, r) in &m.servers_reachable {
+                let _ = writeln!(
+                    o,
+                    "keystone_server_reachable{{server=\"{}\"}} {}",
+                    label(server),
+                    u8::from(*r)
+                );
+            }
             o
         })
     }
@@ -250,6 +302,8 @@ mod tests {
         m.reconcile("shop/production", "failed", 0.5, 1_796_319_800);
         m.set_queue_depth(3);
         m.environment_state("shop/production", Health::Degraded, SyncState::Synced);
+        m.probe_round(0.25, 2);
+        m.server_reachable("web-2", false);
         let text = m.render();
         for line in [
             "keystone_reconcile_total{environment=\"shop/production\",outcome=\"failed\"} 1",
@@ -264,6 +318,10 @@ mod tests {
             "keystone_environment_health{environment=\"shop/production\",health=\"degraded\"} 1",
             "keystone_environment_health{environment=\"shop/production\",health=\"healthy\"} 0",
             "keystone_environment_sync{environment=\"shop/production\",sync=\"synced\"} 1",
+            "keystone_probe_rounds_total 1",
+            "keystone_probe_changes_total 2",
+            "keystone_probe_duration_seconds 0.25",
+            "keystone_server_reachable{server=\"web-2\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

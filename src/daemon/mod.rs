@@ -5,6 +5,7 @@
 
 pub mod engine;
 pub mod forge;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod mirror;

@@ -12,6 +12,8 @@ pub enum JobKind {
     Retry,
     /// Run the environment's migrations now.
     Migrate,
+    /// Re-apply the drifted replicas of the applied commit (self-heal).
+    Heal,
 }
 
 impl JobKind {
@@ -20,6 +22,7 @@ impl JobKind {
             Self::Deploy => "deploy",
             Self::Retry => "retry",
             Self::Migrate => "migrate",
+            Self::Heal => "heal",
         }
     }
 }
@@ -70,6 +73,20 @@ impl Queue {
     pub fn offer(&mut self, job: Job) -> Offer {
         let slot = self.slots.entry(job.environment.clone()).or_default();
         match job.kind {
+            JobKind::Heal => {
+                // Lowest priority: a deploy (of any commit) re-applies everything anyway.
+                if slot.running.is_some() || !slot.queued.is_empty() {
+                    return Offer::Skipped(format!("{} is busy; heal later", job.environment));
+                }
+                if slot.applied.as_deref() != Some(job.commit.as_str()) {
+                    return Offer::Skipped(format!(
+                        "{} is not the applied commit",
+                        short(&job.commit)
+                    ));
+                }
+                slot.queued.push(job);
+                Offer::Queued
+            }
             JobKind::Migrate => {
                 if slot.queued.iter().any(|j| j.kind == JobKind::Migrate) {
                     return Offer::Skipped("a migration is already queued".into());
@@ -78,6 +95,8 @@ impl Queue {
                 Offer::Queued
             }
             JobKind::Deploy | JobKind::Retry => {
+                // A queued heal is superseded by any deploy.
+                slot.queued.retain(|j| j.kind != JobKind::Heal);
                 if job.kind == JobKind::Deploy {
                     if slot.failed.as_deref() == Some(job.commit.as_str()) {
                         return Offer::Skipped(format!(
@@ -140,7 +159,8 @@ impl Queue {
     pub fn finished(&mut self, job: &Job, succeeded: bool) {
         let slot = self.slots.entry(job.environment.clone()).or_default();
         slot.running = None;
-        if job.kind == JobKind::Migrate {
+        if job.kind == JobKind::Migrate || (job.kind == JobKind::Heal && !succeeded) {
+            // A failed heal leaves the applied commit applied (its drift stays reported).
             return;
         }
         if succeeded {
@@ -251,6 +271,47 @@ mod tests {
         assert_eq!(q.start_ready(), [deploy("bbbbbbb2")]);
         q.finished(&deploy("bbbbbbb2"), true);
         assert_eq!(q.start_ready(), [m]);
+    }
+
+    #[test]
+    fn heals_wait_for_an_idle_environment_and_yield_to_deploys() {
+        let mut q = Queue::default();
+        q.seed("shop/production", Some("aaaaaaa1".into()), None);
+        let heal = Job {
+            kind: JobKind::Heal,
+            ..deploy("aaaaaaa1")
+        };
+        assert_eq!(
+            q.offer(Job {
+                kind: JobKind::Heal,
+                ..deploy("bbbbbbb2")
+            }),
+            Offer::Skipped("bbbbbbb is not the applied commit".into())
+        );
+        assert_eq!(q.offer(heal.clone()), Offer::Queued);
+        assert_eq!(
+            q.offer(heal.clone()),
+            Offer::Skipped("shop/production is busy; heal later".into())
+        );
+        assert_eq!(q.offer(deploy("bbbbbbb2")), Offer::Queued);
+        assert_eq!(
+            q.start_ready(),
+            [deploy("bbbbbbb2")],
+            "the deploy replaced the heal"
+        );
+        q.finished(&deploy("bbbbbbb2"), true);
+        let heal2 = Job {
+            kind: JobKind::Heal,
+            ..deploy("bbbbbbb2")
+        };
+        assert_eq!(q.offer(heal2.clone()), Offer::Queued);
+        assert_eq!(q.start_ready(), std::slice::from_ref(&heal2));
+        q.finished(&heal2, false);
+        assert_eq!(
+            q.offer(deploy("bbbbbbb2")),
+            Offer::Skipped("bbbbbbb is applied".into()),
+            "a failed heal does not mark the applied commit failed"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::forge::{CommitState, ForgeClient};
+use super::health::{HealthLoop, ProbeDone};
 use super::http::{self, ApiState, Trigger};
 use super::metrics::Metrics;
 use super::mirror::{Mirror, MirrorError};
@@ -106,6 +107,16 @@ pub trait Deployer: Send + Sync + 'static {
     fn interrupted_tree(&self, _operation: &OperationRecord) -> Option<status::OperationNode> {
         None
     }
+    /// One health probe round of the servers of `commit` against the applied state (see
+    /// `crate::health`). `None`: this deployer does not probe, and is not asked again.
+    fn probe<'a>(
+        &'a self,
+        repo: &'a Path,
+        commit: &'a str,
+    ) -> BoxFuture<'a, Option<crate::health::ProbeReport>> {
+        let _ = (repo, commit);
+        Box::pin(async { None })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +188,7 @@ pub async fn run(
         ssh_key: opts.ssh_key,
         cancel: cancel.clone(),
         running: BTreeMap::new(),
+        health: HealthLoop::default(),
     };
     d.resume().await;
     let _ = tx.send(Trigger::Fetch {
@@ -237,6 +249,7 @@ struct Daemon {
     cancel: CancellationToken,
     /// Environment → when its running job started.
     running: BTreeMap<String, Instant>,
+    health: HealthLoop,
 }
 
 type Done = (Job, Deployment);
@@ -266,6 +279,8 @@ impl Daemon {
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Trigger>) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut next_poll = tokio::time::Instant::now() + self.interval();
+        let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<ProbeDone>();
+        let mut next_probe = tokio::time::Instant::now() + super::health::FIRST_ROUND;
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
@@ -291,6 +306,17 @@ impl Daemon {
                     next_poll = tokio::time::Instant::now() + self.interval();
                     self.on_fetch("poll", &done_tx).await;
                 }
+                _ = tokio::time::sleep_until(next_probe) => {
+                    let wait = self.health.start(
+                        self.deployer.clone(),
+                        self.mirror.path.clone(),
+                        self.last_tip.clone(),
+                        &self.snapshot,
+                        &probe_tx,
+                    );
+                    next_probe = tokio::time::Instant::now() + wait;
+                }
+                Some(round) = probe_rx.recv() => self.on_probe(round, &done_tx).await,
             }
         }
         // Let running deploys see the cancellation and report.
@@ -378,6 +404,27 @@ impl Daemon {
         }
     }
 
+    /// A health round came back: apply it, commit what changed, queue self-heals.
+    async fn on_probe(&mut self, round: ProbeDone, done: &mpsc::UnboundedSender<Done>) {
+        let now = Timestamp::now();
+        let running = self.running.keys().cloned().collect();
+        let out = self
+            .health
+            .finish(round, &mut self.snapshot, &running, &self.metrics, now);
+        if let Some((subject, details)) = out.write {
+            self.write_status(&subject, &details, now).await;
+        }
+        for env in &out.heal {
+            match self.request(env, JobKind::Heal) {
+                Ok(r) => tracing::info!(environment = %env, "{r}"),
+                Err(e) => tracing::info!(environment = %env, "no heal: {e}"),
+            }
+        }
+        if !out.heal.is_empty() {
+            self.start_ready(done).await;
+        }
+    }
+
     fn request(&mut self, environment: &str, kind: JobKind) -> Result<String, String> {
         let Some(env) = self.snapshot.environments.get(environment) else {
             let known: Vec<&str> = self
@@ -401,7 +448,12 @@ impl Daemon {
                 env.problems[0]
             ));
         }
-        let Some(commit) = env.desired_commit.clone() else {
+        let commit = if kind == JobKind::Heal {
+            env.last_applied.as_ref().map(|a| a.commit.clone())
+        } else {
+            env.desired_commit.clone()
+        };
+        let Some(commit) = commit else {
             return Err(format!("{environment} has no commit yet"));
         };
         let job = Job {
@@ -665,7 +717,7 @@ impl Daemon {
                     at: now,
                 });
                 if let Some(services) = &dep.services {
-                    env.services = services.clone();
+                    env.services = crate::health::carry_over(&env.services, services.clone(), now);
                 }
                 if dep.deployed_source.is_some() {
                     env.deployed_source = dep.deployed_source.clone();

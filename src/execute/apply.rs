@@ -194,6 +194,11 @@ async fn execute_part(
     }
     let report = exec.execute(op, shutdown).await;
     recorder.finish()?;
+    // What is on the servers now, whether or not the rest of the execution succeeded.
+    for u in &report.uploads {
+        run.state
+            .record_written(&u.server, &u.path, &u.sha256, u.mode)?;
+    }
     Ok(Outcome::Ran { execution, report })
 }
 

@@ -20,7 +20,7 @@ pub use apply::{Outcome, PlanOutcome, PlanRun, RunPlanError, describe, run_plan}
 pub use events::{Event, NoObserver, Observer, Observers, Status};
 pub use local::LocalTransport;
 pub use orchestrator::{
-    ExecuteOptions, Executor, OperationReport, Report, Shutdown, StepReport, human,
+    ExecuteOptions, Executor, OperationReport, Report, Shutdown, StepReport, Uploaded, human,
 };
 pub use output::{CappedText, Output, Redactor, Stream};
 pub use placeholders::{NoValues, Values};

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use crate::plan::{Children, Operation, Step, StepAction};
+use crate::plan::{Children, Operation, Step, StepAction, Target};
 
 use super::events::{Event, Observer, Status};
 use super::output::{Output, Redactor, Stream};
@@ -121,6 +121,18 @@ pub struct Report {
     pub root: OperationReport,
     /// Every value captured by a step, by name.
     pub captures: BTreeMap<String, String>,
+    /// Every file an upload step wrote, in the order they finished.
+    pub uploads: Vec<Uploaded>,
+}
+
+/// A file an upload step wrote: where, and the SHA-256 of the bytes after placeholders were
+/// filled (what is on the server now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    pub server: String,
+    pub path: String,
+    pub mode: u32,
+    pub sha256: String,
 }
 
 impl Report {
@@ -208,6 +220,7 @@ impl Executor {
             shutdown: shutdown.clone(),
             halted: AtomicBool::new(false),
             captures: Mutex::new(captures),
+            uploads: Mutex::new(Vec::new()),
         };
         let report = run.operation(root).await;
         self.observer.on_event(&Event::ExecutionFinished {
@@ -216,6 +229,7 @@ impl Executor {
         Report {
             root: report,
             captures: run.captures.into_inner().unwrap(),
+            uploads: run.uploads.into_inner().unwrap(),
         }
     }
 }
@@ -226,6 +240,7 @@ struct Run<'e> {
     /// Set by the first failure: nothing new starts afterwards.
     halted: AtomicBool,
     captures: Mutex<BTreeMap<String, String>>,
+    uploads: Mutex<Vec<Uploaded>>,
 }
 
 enum Attempt {
@@ -549,10 +564,20 @@ impl<'e> Run<'e> {
                     let filled =
                         fill_payload(&contents.bytes, &captures, values).map_err(permanent)?;
                     remember(filled.secrets);
-                    transport
+                    let code = transport
                         .upload(&step.target, path, &filled.value, *mode, step.timeout, out)
                         .await
-                        .map_err(|e| (e.to_string(), e.is_permanent()))
+                        .map_err(|e| (e.to_string(), e.is_permanent()))?;
+                    if let (Some(0), Target::Server(server)) = (code, &step.target) {
+                        use sha2::Digest;
+                        self.uploads.lock().unwrap().push(Uploaded {
+                            server: server.clone(),
+                            path: path.clone(),
+                            mode: *mode,
+                            sha256: hex::encode(sha2::Sha256::digest(&filled.value)),
+                        });
+                    }
+                    Ok(code)
                 }
                 StepAction::ResolveDigest { image, registry } => {
                     let Some(resolver) = &self.exec.digests else {

@@ -340,6 +340,12 @@ impl Transport for SshTransport {
             Ok(status)
         })
     }
+
+    fn reset(&self, target: &Target) {
+        if let Target::Server(name) = target {
+            self.drop_host(name);
+        }
+    }
 }
 
 /// Routes each target to its transport: `Target::Local` and `transport: local` servers run
@@ -409,6 +415,12 @@ impl Transport for Transports {
                 .run(target, script, stdin, timeout, out)
                 .await
         })
+    }
+
+    fn reset(&self, target: &Target) {
+        if let Ok(t) = self.pick(target) {
+            t.reset(target);
+        }
     }
 }
 

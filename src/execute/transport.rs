@@ -42,6 +42,10 @@ pub trait Transport: Send + Sync {
             self.run(target, &script, Some(bytes), timeout, out).await
         })
     }
+
+    /// Forget any connection kept to `target`, so the next command connects afresh (after a
+    /// command that did not answer in time: the connection may be hung).
+    fn reset(&self, _target: &Target) {}
 }
 
 /// The script behind `Transport::upload`. Every path is quoted; the temporary file is private

@@ -357,6 +357,10 @@ pub(super) fn plan_environment(
                 .cloned();
             let scheduler = driving::runs_scheduler(env, holder.as_ref(), svc_name, index);
             let fingerprint = replica_fingerprint(&e, svc_name, scheduler);
+            let drifted = match &ctx.request {
+                Request::Heal { replicas, .. } => replicas.get(&format!("{svc_name}#{index}")),
+                _ => None,
+            };
             let action = match &previous {
                 None => Action::New,
                 Some(p) if p.server != server => {
@@ -366,7 +370,10 @@ pub(super) fn plan_environment(
                 Some(p) if p.env_fingerprint.as_deref() != Some(fingerprint.as_str()) => {
                     Action::Replace("env changed".into())
                 }
-                Some(_) => Action::Keep,
+                Some(_) => match drifted {
+                    Some(why) => Action::Replace(format!("drifted: {why}")),
+                    None => Action::Keep,
+                },
             };
             let slot = match (&action, &previous) {
                 (Action::Keep, Some(p)) => driving::slot_of(&p.slot).unwrap_or(Slot::Blue),
@@ -1377,7 +1384,7 @@ fn replica_dir(e: &Env<'_>, w: &Want) -> String {
 }
 
 /// The directory of a running replica, by its recorded slot.
-fn applied_dir(root: &str, app: &str, env: &str, service: &str, r: &AppliedReplica) -> String {
+pub fn applied_dir(root: &str, app: &str, env: &str, service: &str, r: &AppliedReplica) -> String {
     match driving::slot_of(&r.slot) {
         Some(slot) => driving::remote_dir(
             root,

@@ -32,6 +32,7 @@ pub use applied::{
     VariableSource, plain_fingerprint,
 };
 pub use changes::{Change, ChangeKind};
+pub use environment::applied_dir as applied_replica_dir;
 pub use ops::{Children, Operation, OperationKind, Payload, Placeholder, Step, StepAction, Target};
 pub use output::{Format, MARKDOWN_LIMIT, pr_marker, split_comment};
 
@@ -45,6 +46,24 @@ pub enum Request {
     /// `keystone migrate APP/ENV`: run the migrations of that environment now, in its running
     /// replicas, whatever their mode (`manual` runs only this way; `disabled` never).
     Migrate { app: String, env: String },
+    /// Self-heal: re-deploy these replicas of that environment (`service#index` → why they
+    /// drifted) as the applied state has them, and nothing else — no build, no migration, no
+    /// shared service (their data is never touched), no other environment.
+    Heal {
+        app: String,
+        env: String,
+        replicas: BTreeMap<String, String>,
+    },
+}
+
+impl Request {
+    /// The one environment this request is about, when it is about one.
+    fn only(&self) -> Option<(&str, &str)> {
+        match self {
+            Request::Deploy => None,
+            Request::Migrate { app, env } | Request::Heal { app, env, .. } => Some((app, env)),
+        }
+    }
 }
 
 /// What the planner knows about one secret reference, resolved by the caller (`secrets`).
@@ -304,8 +323,8 @@ pub fn plan(desired: Desired<'_>, applied: &Applied, ctx: &PlanContext) -> Plan 
     }
 
     for (app, env) in keys.into_keys() {
-        if let Request::Migrate { app: a, env: e } = &ctx.request
-            && (a != &app || e != &env)
+        if let Some((a, e)) = ctx.request.only()
+            && (a != app || e != env)
         {
             continue;
         }
@@ -323,7 +342,7 @@ pub fn plan(desired: Desired<'_>, applied: &Applied, ctx: &PlanContext) -> Plan 
     Plan {
         config_commit: ctx.config_commit.clone(),
         base_commit: None,
-        services: if matches!(ctx.request, Request::Migrate { .. }) {
+        services: if ctx.request.only().is_some() {
             Vec::new()
         } else {
             services

@@ -423,6 +423,37 @@ impl State {
         })
     }
 
+    /// Record that Keystone wrote bytes with this SHA-256 (hex) to `path` on `server`.
+    pub fn record_written(&self, server: &str, path: &str, sha256: &str, mode: u32) -> Result<()> {
+        self.with_conn(|conn| {
+            conn.execute(
+                "INSERT INTO written_files (server, path, sha256, mode, written_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (server, path) DO UPDATE SET
+                   sha256 = excluded.sha256, mode = excluded.mode, written_at = excluded.written_at",
+                params![server, path, sha256, mode, now()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Every file Keystone wrote, by (server, path): the last write's hash and mode.
+    pub fn written_files(&self) -> Result<crate::health::WrittenFiles> {
+        self.with_conn(|conn| {
+            let mut q = conn.prepare("SELECT server, path, sha256, mode FROM written_files")?;
+            q.query_map([], |r| {
+                Ok((
+                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                    crate::health::WrittenFile {
+                        sha256: r.get(2)?,
+                        mode: r.get(3)?,
+                    },
+                ))
+            })?
+            .collect()
+        })
+    }
+
     /// The value of `{{generated:<key>}}`: 32 random bytes, URL-safe base64 without padding,
     /// generated the first time and stored encrypted.
     pub fn generated(&self, key: &str) -> Result<String> {
@@ -786,5 +817,23 @@ mod tests {
     fn migrations_are_valid() {
         MIGRATIONS.validate().unwrap();
         assert!(MIGRATIONS_DIR.get_file("01-initial/up.sql").is_some());
+        assert!(MIGRATIONS_DIR.get_file("02-written-files/up.sql").is_some());
+    }
+
+    #[test]
+    fn written_files_keep_the_last_write() {
+        let s = State::open_in_memory().unwrap();
+        s.record_written("web-1", "/a/compose.yml", "aa", 0o644)
+            .unwrap();
+        s.record_written("web-1", "/a/compose.yml", "bb", 0o644)
+            .unwrap();
+        s.record_written("web-2", "/a/.env", "cc", 0o600).unwrap();
+        let w = s.written_files().unwrap();
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            w[&("web-1".to_string(), "/a/compose.yml".to_string())].sha256,
+            "bb"
+        );
+        assert_eq!(w[&("web-2".to_string(), "/a/.env".to_string())].mode, 0o600);
     }
 }

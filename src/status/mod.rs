@@ -12,8 +12,8 @@ pub mod writer;
 
 pub use model::{
     Attempt, CommitMark, EnvironmentStatus, Health, NodeStatus, OperationNode, OperationRecord,
-    OperationSummary, Outcome, ReplicaStatus, ServerStatus, ServiceStatus, StatusSnapshot,
-    StepRecord, SyncState, Timestamp, Transition,
+    OperationSummary, Outcome, ReplicaStatus, ServerStatus, ServiceStatus, SharedReplicaStatus,
+    StatusSnapshot, StepRecord, SyncState, Timestamp, Transition,
 };
 pub use render::{StatusFiles, commit_message, deploy_subject, render};
 pub use writer::{Redact, StatusError, StatusWriter, WriteOutcome};

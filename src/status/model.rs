@@ -426,6 +426,30 @@ pub struct ServerStatus {
     /// Why it is unreachable, one line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Shared services' replicas on this server, by service name (from the health probe).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, SharedReplicaStatus>,
+    /// Drift found on this server outside app replicas: Keystone-labelled containers that no
+    /// applied plan knows, one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
+}
+
+/// The replica of a shared service (postgres, valkey, gateway) on one server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedReplicaStatus {
+    pub container: String,
+    pub health: Health,
+    pub sync: SyncState,
+    /// The digest the last applied plan deployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The digest the container actually runs, when a probe saw one that differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_digest: Option<String>,
+    /// Why it is not healthy and synced, one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The one-line view of an operation, for tables.

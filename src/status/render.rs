@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::model::{
-    EnvironmentStatus, NodeStatus, OperationNode, OperationRecord, Outcome, ServerStatus,
+    EnvironmentStatus, Health, NodeStatus, OperationNode, OperationRecord, Outcome, ServerStatus,
     StatusSnapshot, SyncState,
 };
 
@@ -166,7 +166,17 @@ fn readme(s: &StatusSnapshot) -> String {
                     Some(false) => "🔴 unreachable",
                     None => "⚪ not probed",
                 };
-                format!("{name} {icon}")
+                let mut line = format!("{name} {icon}");
+                for (svc, r) in &st.services {
+                    if r.health != Health::Healthy || r.sync != SyncState::Synced {
+                        let _ = write!(line, " ({svc} {}, {})", r.health.label(), r.sync);
+                    }
+                }
+                if !st.drift.is_empty() {
+                    let n = st.drift.len();
+                    let _ = write!(line, " ({n} drift{})", if n == 1 { "" } else { "s" });
+                }
+                line
             })
             .collect();
         let _ = writeln!(out, "Servers: {}", servers.join(" · "));
@@ -203,6 +213,14 @@ fn readme(s: &StatusSnapshot) -> String {
         out.push_str("\nFull history: operations/.\n");
     }
 
+    let drift = drift_lines(s);
+    if !drift.is_empty() {
+        out.push_str("\n## Drift\n\n");
+        for d in drift {
+            let _ = writeln!(out, "- {}", one_line(&d));
+        }
+    }
+
     let with_problems: Vec<&EnvironmentStatus> = s
         .environments
         .values()
@@ -216,6 +234,51 @@ fn readme(s: &StatusSnapshot) -> String {
             for p in &env.problems {
                 let _ = writeln!(out, "- {}", one_line(p));
             }
+        }
+    }
+    out
+}
+
+/// What differs from the applied state, one line each: replicas that are not healthy and
+/// synced, shared services' replicas likewise, and each server's drift.
+fn drift_lines(s: &StatusSnapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    for env in s.environments.values() {
+        for (name, svc) in &env.services {
+            for r in &svc.replicas {
+                if r.health == Health::Healthy && r.sync == SyncState::Synced {
+                    continue;
+                }
+                let why = r
+                    .message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
+                out.push(format!(
+                    "{} {name}#{} @{} {}, {}{why}",
+                    env.key(),
+                    r.index,
+                    r.server,
+                    r.health,
+                    r.sync
+                ));
+            }
+        }
+    }
+    for (server, st) in &s.servers {
+        for (svc, r) in &st.services {
+            if r.health == Health::Healthy && r.sync == SyncState::Synced {
+                continue;
+            }
+            let why = r
+                .message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            out.push(format!("{svc} @{server} {}, {}{why}", r.health, r.sync));
+        }
+        for d in &st.drift {
+            out.push(format!("{server}: {d}"));
         }
     }
     out
@@ -481,6 +544,7 @@ mod tests {
                 last_seen: Some(Timestamp(1_796_319_725)),
                 disk_free_bytes: None,
                 error: None,
+                ..Default::default()
             },
         );
         servers.insert(
