@@ -234,8 +234,10 @@ async fn one_probe_round_over_the_lab_hosts() {
 
 // ---- the daemon on the lab ----------------------------------------------------------------------
 
-/// The probe interval of the test config (keystone.yaml `health.interval`).
-const INTERVAL: Duration = Duration::from_secs(2);
+/// The probe interval of the test config (keystone.yaml `health.interval`). Each server gets
+/// 0.8 of it to answer; at 2 s (1.6 s) a lab host on this shared 2-core machine sometimes misses
+/// that under load and is reported unreachable for a round, so the test probes every 4 s.
+const INTERVAL: Duration = Duration::from_secs(4);
 /// Time for the status commit to land and this test to see it, on top of the issue's "within two
 /// probe intervals" (the test polls the branch every 200 ms).
 const SLACK: Duration = Duration::from_secs(2);
@@ -407,7 +409,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The daemon on the example config (health every 2 s, self_heal on staging only) keeps the
+/// The daemon on the example config (health every 4 s, self_heal on staging only) keeps the
 /// status branch true: a killed replica, self-heal, a replica replaced by hand, an orphan, a host
 /// cut off and restored, and quiet rounds that add no commit.
 #[test]
@@ -417,7 +419,7 @@ fn the_daemon_keeps_the_status_branch_true_between_deploys() {
     reset_hosts();
     let d = Deployment::new();
     d.edit("keystone.yaml", |t| {
-        t.replace("health:\n  interval: 30s", "health:\n  interval: 2s")
+        t.replace("health:\n  interval: 30s", "health:\n  interval: 4s")
     });
     d.edit("applications/shop/environments/staging.yaml", |t| {
         format!("{t}\nself_heal: true\n")
@@ -494,7 +496,7 @@ fn the_daemon_keeps_the_status_branch_true_between_deploys() {
     let (c0, r0) = (commits(repo), probe_rounds(port));
     assert!(r0 > 0, "no probe round counted in /metrics");
     within(
-        Duration::from_secs(120),
+        Duration::from_secs(200),
         "twenty more probe rounds",
         &log,
         || (probe_rounds(port) >= r0 + 20).then_some(()),
