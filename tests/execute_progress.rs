@@ -51,7 +51,8 @@ fn tree() -> Operation {
             op(
                 "env/bad",
                 vec![
-                    step("fail", "echo starting; echo oops >&2; exit 3"),
+                    // Both on stderr: one pipe keeps their order (stdout and stderr are read apart).
+                    step("fail", "echo starting >&2; echo oops >&2; exit 3"),
                     step("never", "true"),
                 ],
                 vec![],
