@@ -148,3 +148,26 @@ fn validate_command_exits_zero_on_the_example() {
         "valid: 4 servers, 1 registry, 3 services, 1 application, 2 environments, 4 secret files\n"
     );
 }
+
+#[test]
+fn validate_of_a_directory_that_is_no_config_repository_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("README.md"), "not a config repo\n").unwrap();
+    let out = assert_cmd::Command::cargo_bin("keystone")
+        .unwrap()
+        .args(["validate", "--repo"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "error: {} is not a Keystone config repository: it has no keystone.yaml and no \
+             servers/, registries/, services/, applications/ or secrets/ (pass the repository \
+             with --repo DIR)\n",
+            dir.path().display()
+        )
+    );
+}

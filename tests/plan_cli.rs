@@ -167,3 +167,20 @@ fn usage_errors_exit_2() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("/nonexistent/keystone-config"), "{err}");
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_plan_quietly() {
+    // `keystone plan | head`: the reader has gone before the plan is written (its end of the
+    // pipe is closed), so the write fails with EPIPE; that ends the command quietly.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::cargo_bin("keystone")
+        .unwrap()
+        .args(["plan", "--repo"])
+        .arg(root().join("examples/config-repo"))
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert_eq!(out.status.code(), Some(0));
+}

@@ -70,11 +70,21 @@ fn secrets_are_redacted_unless_revealed() {
 #[test]
 fn out_writes_each_servers_files_at_their_remote_paths() {
     let dir = tempfile::tempdir().unwrap();
-    keystone()
+    let out = keystone()
         .args(["render", "--repo", REPO, "shop/staging", "--out"])
         .arg(dir.path())
-        .assert()
-        .success();
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // The placeholders are explained once, on stderr (the files themselves stay as written).
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "note: {{digest:APP}} is the image digest, filled in at deploy time from the build or the \
+         registry\n\
+         note: {{generated:…}} is a password Keystone generates on the first deploy and keeps \
+         encrypted in its state\n\
+         note: the deployed copies, with these filled in, are on each server at the paths shown\n"
+    );
     let p = |s: &str| dir.path().join(s);
     for f in [
         "web-1/home/keystone/services/shop_staging_web-1-blue/compose.yml",
@@ -105,7 +115,17 @@ fn unknown_environment_and_bad_target_are_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "error: unknown environment shop/nope\n"
+        "error: unknown environment `shop/nope`; environments: `shop/production`, `shop/staging`\n"
+    );
+    let out = keystone()
+        .args(["render", "--repo", REPO, "shop/stagign"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: unknown environment `shop/stagign`; did you mean `shop/staging`? \
+         environments: `shop/production`, `shop/staging`\n"
     );
     let out = keystone()
         .args(["render", "--repo", REPO, "shop"])

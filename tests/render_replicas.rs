@@ -435,5 +435,8 @@ fn environment_files_cover_its_replicas_and_attached_services() {
         "/home/keystone/gateway/edge/caddy.json"
     );
     let err = render::environment_files(&model, "shop", "nope", "c", redact).unwrap_err();
-    assert_eq!(err.to_string(), "unknown environment shop/nope");
+    assert_eq!(
+        err.to_string(),
+        "unknown environment `shop/nope`; environments: `shop/production`, `shop/staging`"
+    );
 }

@@ -109,5 +109,41 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let all: Vec<_> = files.iter().flat_map(|r| r.files()).collect();
+    let placeholders = placeholder_note(all.iter().map(|f| &f.bytes[..]));
+    if !placeholders.is_empty() {
+        eprint!("{placeholders}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the `{{digest:…}}` and `{{generated:…}}` placeholders in rendered files stand for, one
+/// line each (on stderr, so the files on stdout stay as they are); empty when there are none.
+fn placeholder_note<'b>(files: impl Iterator<Item = &'b [u8]>) -> String {
+    let (mut digest, mut generated) = (false, false);
+    for bytes in files {
+        let text = String::from_utf8_lossy(bytes);
+        digest |= text.contains("{{digest:");
+        generated |= text.contains("{{generated:");
+    }
+    let mut note = String::new();
+    if digest {
+        note.push_str(
+            "note: {{digest:APP}} is the image digest, filled in at deploy time from the build or \
+             the registry\n",
+        );
+    }
+    if generated {
+        note.push_str(
+            "note: {{generated:…}} is a password Keystone generates on the first deploy and keeps \
+             encrypted in its state\n",
+        );
+    }
+    if digest || generated {
+        note.push_str(
+            "note: the deployed copies, with these filled in, are on each server at the paths \
+             shown\n",
+        );
+    }
+    note
 }

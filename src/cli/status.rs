@@ -62,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     };
-    print!("{}", strip_links(&text));
+    std::io::Write::write_all(&mut std::io::stdout().lock(), strip_links(&text).as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
 

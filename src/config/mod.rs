@@ -21,6 +21,7 @@ pub mod synthetic;
 pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Scope, to_json};
+pub use read::did_you_mean;
 pub use source::{DirFiles, RepoFiles, TreeFiles};
 
 /// A config repository read and checked.
@@ -85,6 +86,12 @@ impl Loaded {
 pub enum LoadError {
     #[error("{0} is not a directory")]
     NotADirectory(PathBuf),
+    #[error(
+        "{} is not a Keystone config repository: it has no keystone.yaml and no servers/, \
+         registries/, services/, applications/ or secrets/ (pass the repository with --repo DIR)",
+        .0.display()
+    )]
+    NotAConfigRepository(PathBuf),
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -114,7 +121,12 @@ impl LoadError {
 
 /// Read and validate the config repository checked out at `path`.
 pub fn load_dir(path: &Path) -> Result<Loaded, LoadError> {
-    load_files(&DirFiles::new(path)?)
+    let files = DirFiles::new(path)?;
+    // A directory with none of Keystone's files is a wrong `--repo`, not an empty config.
+    if files.files()?.is_empty() {
+        return Err(LoadError::NotAConfigRepository(path.to_path_buf()));
+    }
+    load_files(&files)
 }
 
 /// Read and validate the config repository as of `rev` (anything `git rev-parse` accepts that

@@ -683,7 +683,8 @@ mod tests {
 /// Why an environment's files could not be rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvironmentRenderError<E: std::error::Error + 'static> {
-    #[error("unknown environment {0}")]
+    /// The whole message: the name asked for, a did-you-mean and the environments there are.
+    #[error("{0}")]
     UnknownEnvironment(String),
     #[error("{0}")]
     Variables(String),
@@ -693,6 +694,38 @@ pub enum EnvironmentRenderError<E: std::error::Error + 'static> {
     Secret(E),
     #[error(transparent)]
     Render(#[from] RenderError),
+}
+
+/// "unknown environment `a/b`; did you mean `a/c`? environments: …" for a name the model lacks.
+pub fn unknown_environment(model: &Model, app: &str, env_name: &str) -> String {
+    let known: Vec<String> = model
+        .applications
+        .iter()
+        .flat_map(|(a, application)| {
+            application
+                .environments
+                .keys()
+                .map(move |e| format!("{a}/{e}"))
+        })
+        .collect();
+    let asked = format!("{app}/{env_name}");
+    let mut message = format!("unknown environment `{asked}`");
+    let mut separator = "; ";
+    if let Some(m) = crate::config::did_you_mean(&asked, known.iter().map(String::as_str)) {
+        message.push_str(&format!("; did you mean `{m}`?"));
+        separator = " ";
+    }
+    if known.is_empty() {
+        message.push_str(&format!("{separator}the config defines no environments"));
+    } else {
+        let list = known
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        message.push_str(&format!("{separator}environments: {list}"));
+    }
+    message
 }
 
 /// Every file a first deploy of `app/env` writes, per replica: its app replicas (blue slot, host
@@ -712,7 +745,9 @@ pub fn environment_files<E: std::error::Error + 'static>(
         .applications
         .get(app)
         .and_then(|a| a.environments.get(env_name))
-        .ok_or_else(|| EnvironmentRenderError::UnknownEnvironment(format!("{app}/{env_name}")))?;
+        .ok_or_else(|| {
+            EnvironmentRenderError::UnknownEnvironment(unknown_environment(model, app, env_name))
+        })?;
     let join = |errors: Vec<String>| errors.join("\n");
     let valkey = drivers::valkey8::allocate_indexes(model, &Default::default()).map_err(|e| {
         EnvironmentRenderError::Allocation(join(e.iter().map(|e| e.to_string()).collect()))

@@ -66,10 +66,34 @@ pub fn lock() -> LabLock {
     if t.elapsed() > Duration::from_secs(1) {
         eprintln!("[deploy] waited {:.1?} for the lab lock", t.elapsed());
     }
+    if let Some(pid) = quickstart_daemon() {
+        panic!(
+            "the quick start's keystone daemon (pid {pid}) is running against the lab; it would \
+             redeploy the hosts under this test. Stop it with `./scripts/quickstart --stop` (or \
+             `kill {pid}`) and run the tests again."
+        );
+    }
     LabLock {
         _file: file,
         _guard: guard,
     }
+}
+
+/// The pid of `scripts/quickstart`'s daemon when it is running (its pid file names a live
+/// `keystone daemon` process).
+pub fn quickstart_daemon() -> Option<u32> {
+    let dir = std::env::var("KEYSTONE_QUICKSTART_DIR")
+        .unwrap_or_else(|_| "/var/lib/keystone-quickstart".into());
+    let pid: u32 = std::fs::read_to_string(Path::new(&dir).join("daemon.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let is_daemon = args.first().is_some_and(|a| a.ends_with(b"keystone"))
+        && args.get(1).is_some_and(|a| *a == b"daemon");
+    is_daemon.then_some(pid)
 }
 
 /// Run a command on a lab host (`scripts/lab ssh`, strict host key checking).
