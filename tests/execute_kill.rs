@@ -131,6 +131,7 @@ fn the_plan(dir: &str) -> Plan {
     Plan {
         config_commit: "c0ffee1".into(),
         base_commit: None,
+        servers: vec![],
         services: vec![],
         environments: vec![EnvironmentPlan {
             app: "shop".into(),

@@ -184,3 +184,94 @@ fn a_reader_that_goes_away_ends_the_plan_quietly() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// `ssh-keygen -lf` of a one-line public key: `SHA256:…` (the real tool, so the plan's
+/// fingerprints are the ones an operator compares on the server).
+fn fingerprint(key: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("key.pub");
+    std::fs::write(&file, format!("{key}\n")).unwrap();
+    let out = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn pr_view_calls_out_a_changed_host_key() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&root().join("examples/config-repo"), dir.path());
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-q", "-m", "base"]);
+    let old_key =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let new_key =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+    let file = dir.path().join("servers/web-1.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains(old_key));
+    std::fs::write(&file, text.replace(old_key, new_key)).unwrap();
+    git(
+        dir.path(),
+        &["commit", "-q", "-a", "-m", "new host key for web-1"],
+    );
+    let (old_fp, new_fp) = (fingerprint(old_key), fingerprint(new_key));
+    let p = dir.path().to_str().unwrap();
+
+    let (code, out, err) = keystone(&["plan", "--repo", p, "--base", "HEAD~1", "--head", "HEAD"]);
+    assert_eq!(code, 0, "{err}");
+    let expected = format!(
+        "\nservers (how Keystone reaches them; nothing runs for this):\n  \
+         ~ server web-1 host_key: ssh-ed25519 {old_fp} → ssh-ed25519 {new_fp}\n  \
+         ! web-1: Keystone will only connect if the server presents the new key; check it on the \
+         server (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`) before merging\n\n"
+    );
+    let after_header = out.split_once('\n').unwrap().1;
+    assert!(after_header.starts_with(&expected), "{out}");
+
+    let (code, md, err) = keystone(&[
+        "plan", "--repo", p, "--base", "HEAD~1", "--head", "HEAD", "--format", "markdown",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = md.lines().collect();
+    assert!(
+        lines[2].starts_with("**servers**: web-1 changed · "),
+        "{md}"
+    );
+    assert_eq!(
+        lines[3..9].join("\n"),
+        format!(
+            "\n<details open><summary>servers — connection settings</summary>\n\n```diff\n\
+             ~ server web-1 host_key: ssh-ed25519 {old_fp} → ssh-ed25519 {new_fp}\n\
+             ! web-1: Keystone will only connect if the server presents the new key; check it on \
+             the server (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`) before merging"
+        ),
+        "{md}"
+    );
+
+    // The JSON form carries the change as data.
+    let (_, json, _) = keystone(&[
+        "plan", "--repo", p, "--base", "HEAD~1", "--head", "HEAD", "--format", "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        v["servers"],
+        serde_json::json!([{
+            "server": "web-1", "subject": "host_key",
+            "from": format!("ssh-ed25519 {old_fp}"), "to": format!("ssh-ed25519 {new_fp}")
+        }])
+    );
+}

@@ -20,11 +20,11 @@ pub mod output;
 pub mod script;
 mod shared;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Model;
+use crate::model::{self, Model};
 
 pub use applied::{
     Applied, AppliedAppService, AppliedEnvironment, AppliedImage, AppliedReplica,
@@ -223,8 +223,82 @@ pub struct Plan {
     /// The commit the changes are relative to, for a PR diff (`--base`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_commit: Option<String>,
+    /// How servers are reached changed between base and head (PR diffs only). Nothing is run for
+    /// these, but a reviewer must see them: a new host key changes which machine Keystone trusts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerChange>,
     pub services: Vec<ServicePlan>,
     pub environments: Vec<EnvironmentPlan>,
+}
+
+/// One change to a server's connection settings between two commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerChange {
+    pub server: String,
+    /// `added`, `removed`, or the changed field: `host`, `port`, `user`, `host_key`, `transport`.
+    pub subject: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+/// `ssh-ed25519 SHA256:…` (what `ssh-keygen -l` prints) for a pinned `TYPE BASE64` host key; the
+/// key as written when it is not of that form.
+pub fn host_key_fingerprint(key: &str) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    use sha2::{Digest, Sha256};
+    let mut parts = key.split_whitespace();
+    match (parts.next(), parts.next().map(|b| STANDARD.decode(b))) {
+        (Some(kind), Some(Ok(blob))) => {
+            format!(
+                "{kind} SHA256:{}",
+                STANDARD_NO_PAD.encode(Sha256::digest(&blob))
+            )
+        }
+        _ => key.to_string(),
+    }
+}
+
+/// What changed in `servers/` between two models, by server name.
+pub fn server_changes(base: &Model, head: &Model) -> Vec<ServerChange> {
+    let change =
+        |server: &str, subject: &str, from: Option<String>, to: Option<String>| ServerChange {
+            server: server.to_string(),
+            subject: subject.to_string(),
+            from,
+            to,
+        };
+    let address = |s: &model::Server| format!("{}@{}:{}", s.user, s.host, s.port);
+    let key = |k: &Option<String>| k.as_deref().map(host_key_fingerprint);
+    let mut out = Vec::new();
+    let names: BTreeSet<&String> = base.servers.keys().chain(head.servers.keys()).collect();
+    for name in names {
+        match (base.servers.get(name), head.servers.get(name)) {
+            (None, Some(h)) => out.push(change(name, "added", None, Some(address(h)))),
+            (Some(b), None) => out.push(change(name, "removed", Some(address(b)), None)),
+            (Some(b), Some(h)) => {
+                for (subject, from, to) in [
+                    ("host", Some(b.host.clone()), Some(h.host.clone())),
+                    ("port", Some(b.port.to_string()), Some(h.port.to_string())),
+                    ("user", Some(b.user.clone()), Some(h.user.clone())),
+                    ("host_key", key(&b.host_key), key(&h.host_key)),
+                    (
+                        "transport",
+                        Some(format!("{:?}", b.transport).to_lowercase()),
+                        Some(format!("{:?}", h.transport).to_lowercase()),
+                    ),
+                ] {
+                    if from != to {
+                        out.push(change(name, subject, from, to));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    out
 }
 
 impl Plan {
@@ -342,6 +416,7 @@ pub fn plan(desired: Desired<'_>, applied: &Applied, ctx: &PlanContext) -> Plan 
     Plan {
         config_commit: ctx.config_commit.clone(),
         base_commit: None,
+        servers: Vec::new(),
         services: if ctx.request.only().is_some() {
             Vec::new()
         } else {
@@ -360,9 +435,11 @@ pub fn diff(
     head_ctx: &PlanContext,
     applied: &Applied,
 ) -> Plan {
+    let servers = server_changes(base.model, head.model);
     let base_plan = plan(base, applied, base_ctx);
     let projected = base_plan.projected(applied);
     let mut head_plan = plan(head, &projected, head_ctx);
     head_plan.base_commit = Some(base_ctx.config_commit.clone());
+    head_plan.servers = servers;
     head_plan
 }

@@ -1,11 +1,12 @@
 //! Plans as people and programs read them: text for terminals, markdown for pull-request
 //! comments, json for tools (its format is documented in docs/plan.md and stable).
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use super::changes::{ChangeKind, short_commit};
 use super::ops::Operation;
-use super::{EnvironmentStatus, Finding, Plan};
+use super::{EnvironmentStatus, Finding, Plan, ServerChange};
 
 /// The forge's comment limit Keystone stays under (GitHub allows 65,536 characters).
 pub const MARKDOWN_LIMIT: usize = 65_000;
@@ -100,10 +101,48 @@ fn header(plan: &Plan) -> String {
     }
 }
 
+/// `~ server web-1 host_key: ssh-ed25519 SHA256:… → ssh-ed25519 SHA256:…`, `+ server web-3 (…)`.
+fn server_line(c: &ServerChange) -> String {
+    let v = |o: &Option<String>| o.clone().unwrap_or_else(|| "(none)".into());
+    match c.subject.as_str() {
+        "added" => format!("+ server {} ({})", c.server, v(&c.to)),
+        "removed" => format!("- server {} ({})", c.server, v(&c.from)),
+        field => format!(
+            "~ server {} {field}: {} → {}",
+            c.server,
+            v(&c.from),
+            v(&c.to)
+        ),
+    }
+}
+
+/// The lines that go with a plan's server changes: each change, and for a new host key what the
+/// reviewer has to check.
+fn server_lines(plan: &Plan) -> Vec<String> {
+    let mut lines: Vec<String> = plan.servers.iter().map(server_line).collect();
+    for c in plan.servers.iter().filter(|c| c.subject == "host_key") {
+        lines.push(format!(
+            "! {}: Keystone will only connect if the server presents the new key; check it on \
+             the server (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`) before merging",
+            c.server
+        ));
+    }
+    lines
+}
+
 /// The terminal form: every service and environment, its changes, its tree and its findings.
 pub fn text(plan: &Plan, colour: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}", paint(colour, "1", &header(plan)));
+    if !plan.servers.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nservers (how Keystone reaches them; nothing runs for this):"
+        );
+        for line in server_lines(plan) {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
     let sections = plan
         .services
         .iter()
@@ -242,10 +281,24 @@ pub fn markdown(plan: &Plan, pr: u64) -> String {
             ));
         }
     }
+    if !plan.servers.is_empty() {
+        let names: BTreeSet<&str> = plan.servers.iter().map(|c| c.server.as_str()).collect();
+        let names: Vec<&str> = names.into_iter().collect();
+        summary.insert(0, format!("**servers**: {} changed", names.join(", ")));
+    }
     if summary.is_empty() {
         summary.push("no changes".into());
     }
     let _ = writeln!(out, "{}", summary.join(" · "));
+    if !plan.servers.is_empty() {
+        out.push_str(
+            "\n<details open><summary>servers — connection settings</summary>\n\n```diff\n",
+        );
+        for line in server_lines(plan) {
+            let _ = writeln!(out, "{}", fence_safe(&line));
+        }
+        out.push_str("```\n</details>\n");
+    }
 
     let sections = changed_services
         .iter()
