@@ -341,3 +341,29 @@ servers/web-2.yaml:4:1: error[unknown-key]: unknown key `role` in server `web-2`
 "
     );
 }
+
+#[test]
+fn not_encrypted() {
+    // A secret file committed as plaintext (no `sops` metadata) is an error, not a valid file.
+    check(
+        "not-encrypted",
+        &[("secrets/shop-staging.sops.yaml", 2, 1, "not-encrypted")],
+    );
+}
+
+#[test]
+fn bad_settings() {
+    // Zero intervals, the status branch on the deploy branch, a recipient that is no age key,
+    // and a host/user that ssh would read as an option or split.
+    check(
+        "bad-settings",
+        &[
+            ("keystone.yaml", 4, 13, "invalid-value"),
+            ("keystone.yaml", 6, 11, "invalid-value"),
+            ("keystone.yaml", 8, 13, "invalid-value"),
+            ("keystone.yaml", 11, 7, "invalid-value"),
+            ("servers/web-2.yaml", 1, 7, "invalid-value"),
+            ("servers/web-2.yaml", 2, 7, "invalid-value"),
+        ],
+    );
+}

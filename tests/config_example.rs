@@ -1,5 +1,7 @@
 //! examples/config-repo validates clean, from its directory and from a git commit of it, and
-//! resolves to the agreed shape (/work/notes/example-repo.md).
+//! resolves to the shape docs/config.md describes.
+
+mod config_support;
 
 use std::path::Path;
 
@@ -169,5 +171,23 @@ fn validate_of_a_directory_that_is_no_config_repository_is_a_usage_error() {
              with --repo DIR)\n",
             dir.path().display()
         )
+    );
+}
+
+#[test]
+fn validate_of_a_missing_commit_says_so_once_without_libgit2_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    config_support::commit_dir(example(), dir.path());
+    let out = assert_cmd::Command::cargo_bin("keystone")
+        .unwrap()
+        .args(["validate", "--repo"])
+        .arg(dir.path())
+        .args(["--rev", "deadbeef"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: cannot resolve `deadbeef` to a commit: revspec 'deadbeef' not found\n"
     );
 }

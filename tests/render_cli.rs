@@ -100,6 +100,17 @@ fn out_writes_each_servers_files_at_their_remote_paths() {
         "web-1/home/keystone/services/shop_staging_web-1-blue/.env",
     ))
     .unwrap();
+    // Each file has the mode it gets on the server: .env (secrets, with --reveal) 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |f: &str| std::fs::metadata(p(f)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode("web-1/home/keystone/services/shop_staging_web-1-blue/.env"),
+        0o600
+    );
+    assert_eq!(
+        mode("web-1/home/keystone/services/shop_staging_web-1-blue/compose.yml"),
+        0o644
+    );
     assert!(
         env.contains("\nAUTORUN_LARAVEL_SCHEDULER=\"true\"\n"),
         "{env}"

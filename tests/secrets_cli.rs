@@ -194,3 +194,120 @@ fn extract_prints_one_value() {
         )
     );
 }
+
+#[test]
+fn set_refuses_the_sops_key_and_empty_segments_and_changes_nothing() {
+    let (dir, key, file) = setup();
+    let before = std::fs::read(&file).unwrap();
+    for (path, message) in [
+        (
+            "sops.mac",
+            "error: `sops.mac`: the top-level key `sops` holds the file's SOPS metadata and \
+             cannot hold a secret; choose another key\n",
+        ),
+        (
+            "sops",
+            "error: `sops`: the top-level key `sops` holds the file's SOPS metadata and cannot \
+             hold a secret; choose another key\n",
+        ),
+        (
+            "db..password",
+            "error: `db..password` is not a key path: keys are separated by single dots and \
+             none may be empty (e.g. `db.password`)\n",
+        ),
+        (
+            ".x",
+            "error: `.x` is not a key path: keys are separated by single dots and none may be \
+             empty (e.g. `db.password`)\n",
+        ),
+        (
+            "",
+            "error: `` is not a key path: keys are separated by single dots and none may be \
+             empty (e.g. `db.password`)\n",
+        ),
+    ] {
+        let out = keystone(dir.path())
+            .args(["secrets", "set", "--age-key-file"])
+            .arg(&key)
+            .arg(&file)
+            .args([path, "v"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{path}");
+        assert_eq!(stderr(&out), message, "{path}");
+        assert_eq!(std::fs::read(&file).unwrap(), before, "{path}");
+    }
+}
+
+#[test]
+fn set_through_a_symlink_writes_the_file_it_names() {
+    let (dir, key, file) = setup();
+    let link = dir.path().join("linked.sops.yaml");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    ok(
+        keystone(dir.path())
+            .args(["secrets", "set", "--age-key-file"])
+            .arg(&key)
+            .arg(&link)
+            .args(["api_token", "tok_new"])
+            .output()
+            .unwrap(),
+        "keystone secrets set via a symlink",
+    );
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(
+        ok(sops_decrypt(dir.path(), &file, &key), "sops decrypt").contains("api_token: tok_new\n")
+    );
+}
+
+#[test]
+fn edit_keeps_the_plaintext_private_and_a_bad_edit_changes_nothing() {
+    let (dir, key, file) = setup();
+    let before = std::fs::read(&file).unwrap();
+    // The editor records the modes of the plaintext and its directory, then breaks the YAML.
+    let editor = dir.path().join("editor.sh");
+    let modes = dir.path().join("modes");
+    std::fs::write(
+        &editor,
+        format!(
+            "#!/bin/sh\nstat -c '%a' \"$(dirname \"$1\")\" \"$1\" > '{}'\nprintf 'db: [\\n' > \"$1\"\n",
+            modes.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&editor)
+        .status()
+        .unwrap();
+    let out = keystone(dir.path())
+        .env("EDITOR", &editor)
+        .args(["secrets", "edit", "--age-key-file"])
+        .arg(&key)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&modes).unwrap(), "700\n600\n");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!(
+            "error: your edit of {} is not valid: ",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(&format!(
+            "\n{} is unchanged; run `keystone secrets edit` again to fix it\n",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), before);
+}

@@ -31,6 +31,7 @@ pub struct Args {
     /// Diff against this commit (with --head): the pull-request view.
     #[arg(long, requires = "head")]
     pub base: Option<String>,
+    /// The pull request's commit (with --base): its plan against base's.
     #[arg(long, requires = "base")]
     pub head: Option<String>,
     /// The daemon's state directory: plan against what is deployed (default: nothing deployed).
@@ -92,8 +93,12 @@ fn load_rev(repo: &git2::Repository, rev: &str) -> anyhow::Result<(Loaded, Strin
 }
 
 fn open_repo(path: &Path) -> anyhow::Result<git2::Repository> {
-    git2::Repository::discover(path)
-        .with_context(|| format!("{} is not a git repository", path.display()))
+    git2::Repository::discover(path).with_context(|| {
+        format!(
+            "{} is not in a git repository (--rev, --base and --head read commits from it)",
+            path.display()
+        )
+    })
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

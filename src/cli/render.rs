@@ -98,7 +98,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         .join(f.path.trim_start_matches('/'));
                     std::fs::create_dir_all(path.parent().expect("a file path has a parent"))
                         .with_context(|| format!("creating {}", path.display()))?;
-                    std::fs::write(&path, &f.bytes)
+                    // The server's mode (.env 0600): a revealed .env holds secret values.
+                    write_with_mode(&path, &f.bytes, f.mode)
                         .with_context(|| format!("writing {}", path.display()))?;
                     writeln!(stdout, "{}  ({})", path.display(), f.summary)?;
                 }
@@ -115,6 +116,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprint!("{placeholders}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Write `bytes` to `path` with exactly `mode` (also when the file was there before).
+fn write_with_mode(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.write_all(bytes)
 }
 
 /// What the `{{digest:…}}` and `{{generated:…}}` placeholders in rendered files stand for, one

@@ -131,7 +131,7 @@ fn execute(args: &Args) -> Result<ExitCode, Failure> {
             let out = match extract {
                 None => doc.to_plaintext()?,
                 Some(path) => {
-                    let path = split_path(path);
+                    let path = split_path(path)?;
                     doc.lookup(&path)?.as_text().into_bytes()
                 }
             };
@@ -188,8 +188,9 @@ fn execute(args: &Args) -> Result<ExitCode, Failure> {
             key_path,
             value,
         } => {
+            let path = settable_path(key_path)?;
             let mut doc = open(args, file)?;
-            doc.set(&split_path(key_path), Scalar::Str(value.clone()))?;
+            doc.set(&path, Scalar::Str(value.clone()))?;
             let out = doc.encrypt()?;
             write_atomic(file, &out)?;
             Ok(ExitCode::SUCCESS)
@@ -198,16 +199,39 @@ fn execute(args: &Args) -> Result<ExitCode, Failure> {
     }
 }
 
-fn split_path(path: &str) -> Vec<String> {
-    path.split('.').map(str::to_string).collect()
+/// `db.password` → `["db", "password"]`; an empty segment (`a..b`, `.a`, ``) is a usage error.
+fn split_path(path: &str) -> anyhow::Result<Vec<String>> {
+    let parts: Vec<String> = path.split('.').map(str::to_string).collect();
+    if parts.iter().any(String::is_empty) {
+        anyhow::bail!(
+            "`{path}` is not a key path: keys are separated by single dots and none may be empty \
+             (e.g. `db.password`)"
+        );
+    }
+    Ok(parts)
+}
+
+/// A key path `secrets set` may write: not under `sops`, where SOPS keeps the file's metadata.
+fn settable_path(path: &str) -> anyhow::Result<Vec<String>> {
+    let parts = split_path(path)?;
+    if parts[0] == "sops" {
+        anyhow::bail!(
+            "`{path}`: the top-level key `sops` holds the file's SOPS metadata and cannot hold a \
+             secret; choose another key"
+        );
+    }
+    Ok(parts)
 }
 
 fn edit(args: &Args, file: &Path) -> Result<ExitCode, Failure> {
     let mut doc = open(args, file)?;
     let plain = doc.to_plaintext()?;
-    // The plaintext lives only in a private directory (0700) that is removed afterwards.
+    // The plaintext lives only in a private directory (0700, the file 0600) that is removed
+    // afterwards, whatever the umask.
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = tempfile::Builder::new()
         .prefix("keystone-secrets-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir()
         .context("cannot create a private temporary directory")?;
     let name = file
@@ -215,7 +239,13 @@ fn edit(args: &Args, file: &Path) -> Result<ExitCode, Failure> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "secrets.yaml".into());
     let tmp = dir.path().join(name);
-    std::fs::write(&tmp, &plain).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&plain))
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     let editor = std::env::var("EDITOR")
         .ok()
         .filter(|e| !e.trim().is_empty())
@@ -239,13 +269,26 @@ fn edit(args: &Args, file: &Path) -> Result<ExitCode, Failure> {
         eprintln!("{}: no changes", file.display());
         return Ok(ExitCode::SUCCESS);
     }
-    doc.replace_plaintext(&edited)?;
+    if let Err(e) = doc.replace_plaintext(&edited) {
+        // The position is in the edited plaintext, not in the encrypted file.
+        eprintln!(
+            "error: your edit of {} is not valid: {e}\n{} is unchanged; run `keystone secrets \
+             edit` again to fix it",
+            file.display(),
+            file.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
     let out = doc.encrypt()?;
     write_atomic(file, &out)?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn write_atomic(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    // Through a symlink to the file it names: replacing the link itself would leave the real
+    // file unchanged.
+    let resolved = std::fs::canonicalize(file).ok();
+    let file = resolved.as_deref().unwrap_or(file);
     let dir = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -34,7 +34,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => config::load_dir(&args.repo)?,
         Some(rev) => {
             let repo = git2::Repository::open(&args.repo)
-                .with_context(|| format!("{} is not a git repository", args.repo.display()))?;
+                .with_context(|| format!(
+                "{} is not the top directory of a git repository (--rev, --base and --head read commits from it)",
+                args.repo.display()
+            ))?;
             config::load_rev(&repo, rev)?
         }
     };

@@ -352,6 +352,24 @@ fn read_file(
         } else {
             parse::secret_key_paths_env(text)
         };
+        let encrypted = if json {
+            serde_json::from_str::<serde_json::Value>(text)
+                .is_ok_and(|v| v.get("sops").is_some_and(|m| m.is_object()))
+        } else {
+            text.lines().any(|l| l.starts_with("sops_version="))
+        };
+        if !encrypted {
+            st.error(
+                path,
+                Pos::START,
+                Scope::Project,
+                "not-encrypted",
+                not_encrypted_message(path),
+                Some(not_encrypted_hint(path)),
+            );
+            mark_broken(st, kind);
+            return;
+        }
         st.secret_files.insert(
             stem.clone(),
             SecretFile {
@@ -428,13 +446,26 @@ fn read_file(
         FileKind::Secret(stem, _) => {
             let mut key_paths = Vec::new();
             parse::secret_key_paths_yaml(&node, &mut Vec::new(), &mut key_paths);
-            if !matches!(node.kind, yaml::Kind::Map(_)) {
-                cx.error(
+            match &node.kind {
+                yaml::Kind::Map(entries) => {
+                    let has_metadata = entries
+                        .iter()
+                        .any(|(k, v)| k.name == "sops" && matches!(v.kind, yaml::Kind::Map(_)));
+                    if !has_metadata {
+                        cx.error(
+                            node.pos,
+                            "not-encrypted",
+                            not_encrypted_message(path),
+                            Some(not_encrypted_hint(path)),
+                        );
+                    }
+                }
+                _ => cx.error(
                     node.pos,
                     "wrong-type",
                     format!("`{path}` must be a mapping of keys (a SOPS file)"),
                     Some("create it with `sops encrypt` or `keystone secrets set`".into()),
-                );
+                ),
             }
             if !cx.failed {
                 st.secret_files.insert(
@@ -492,6 +523,17 @@ fn names_hint<'a>(word: &str, names: impl IntoIterator<Item = &'a String>, dir: 
     }
 }
 
+fn not_encrypted_message(path: &str) -> String {
+    format!("`{path}` has no `sops` metadata: it is not encrypted, its values are plaintext")
+}
+
+fn not_encrypted_hint(path: &str) -> String {
+    format!(
+        "encrypt it with `keystone secrets encrypt -i {path}` (recipients from keystone.yaml); \
+         values already committed in plaintext are in the git history: rotate them"
+    )
+}
+
 /// Checks one secret reference; returns whether it resolves.
 fn check_secret(st: &mut State, r: &SecretRef, scope: Scope) -> bool {
     let pos = Pos {
@@ -505,6 +547,10 @@ fn check_secret(st: &mut State, r: &SecretRef, scope: Scope) -> bool {
             }
             let hint = match parse::closest_key(&r.key_path, file) {
                 Some(k) => format!("did you mean `{}.{k}`?", r.file),
+                None if r.key_path.first().is_some_and(|k| k == "sops") => {
+                    "`sops` holds the file's SOPS metadata, not secrets; refer to another key"
+                        .into()
+                }
                 None => format!(
                     "add it with `keystone secrets set {} {} VALUE`",
                     file.path,

@@ -99,21 +99,22 @@ pub fn project(cx: &mut FileCx, n: &Node) -> Project {
         {
             p.reconcile.branch = b;
         }
-        if let Some(i) = rf
-            .get("interval")
-            .and_then(|i| cx.duration(i, "reconcile.interval"))
+        if let Some(n) = rf.get("interval")
+            && let Some(i) = cx.duration(n, "reconcile.interval")
+            && at_least_a_second(cx, n, "reconcile.interval", i)
         {
             p.reconcile.interval = i;
         }
     }
+    let mut status_branch_pos = None;
     if let Some(s) = f.get("status")
         && let Some(sf) = cx.fields(s, "`status`", &["branch", "keep_operations_days"])
     {
-        if let Some(b) = sf
-            .get("branch")
-            .and_then(|b| cx.nonempty_string(b, "status.branch"))
+        if let Some(n) = sf.get("branch")
+            && let Some(b) = cx.nonempty_string(n, "status.branch")
         {
             p.status.branch = b;
+            status_branch_pos = Some(n.pos);
         }
         if let Some(d) = sf
             .get("keep_operations_days")
@@ -139,11 +140,26 @@ pub fn project(cx: &mut FileCx, n: &Node) -> Project {
             );
         }
     }
+    if p.status.branch == p.reconcile.branch {
+        cx.error(
+            status_branch_pos.unwrap_or(f.pos),
+            "invalid-value",
+            format!(
+                "`status.branch` is `{}`, the branch Keystone deploys from (`reconcile.branch`)",
+                p.status.branch
+            ),
+            Some(
+                "the daemon commits its status there; use a branch of its own, e.g. \
+                 `keystone/status`"
+                    .into(),
+            ),
+        );
+    }
     if let Some(h) = f.get("health")
         && let Some(hf) = cx.fields(h, "`health`", &["interval"])
-        && let Some(i) = hf
-            .get("interval")
-            .and_then(|i| cx.duration(i, "health.interval"))
+        && let Some(n) = hf.get("interval")
+        && let Some(i) = cx.duration(n, "health.interval")
+        && at_least_a_second(cx, n, "health.interval", i)
     {
         p.health.interval = i;
     }
@@ -153,18 +169,38 @@ pub fn project(cx: &mut FileCx, n: &Node) -> Project {
         && let Some(list) = cx.string_list(r, "secrets.age_recipients")
     {
         for (rcpt, pos) in &list {
-            if !rcpt.starts_with("age1") {
+            if let Err(e) = <age::x25519::Recipient as std::str::FromStr>::from_str(rcpt) {
                 cx.error(
                     *pos,
                     "invalid-value",
-                    format!("`{rcpt}` is not an age recipient"),
-                    Some("age recipients start with `age1` (see `age-keygen -y`)".into()),
+                    format!("`{rcpt}` is not an age recipient: {e}"),
+                    Some(
+                        "an age recipient is the `age1…` public key `age-keygen -y KEYFILE` prints"
+                            .into(),
+                    ),
                 );
             }
         }
         p.secrets.age_recipients = list.into_iter().map(|(r, _)| r).collect();
     }
     p
+}
+
+/// A loop interval of 0 would poll or probe without a pause.
+fn at_least_a_second(cx: &mut FileCx, n: &Node, what: &str, d: Duration) -> bool {
+    if d.is_zero() {
+        cx.error(
+            n.pos,
+            "invalid-value",
+            format!("`{what}` is 0; it must be at least 1 second"),
+            Some(if what.starts_with("health") {
+                "e.g. `30s`; keep it at 5 s or more (each round probes every server)".into()
+            } else {
+                "e.g. `60s` (webhooks wake the daemon between polls)".into()
+            }),
+        );
+    }
+    !d.is_zero()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -179,6 +215,29 @@ const HOST_KEY_TYPES: [&str; 6] = [
     "sk-ssh-ed25519@openssh.com",
 ];
 
+/// A host name, address or user as ssh takes it: no whitespace or control characters (they would
+/// split or hide it), not starting with `-` (ssh would read it as an option), no `@`.
+fn ssh_word(cx: &mut FileCx, pos: Pos, what: &str, v: String) -> Option<String> {
+    let bad = v.starts_with('-')
+        || v.chars().any(|c| c.is_whitespace() || c.is_control())
+        || v.contains('@');
+    if bad {
+        cx.error(
+            pos,
+            "invalid-value",
+            format!("`{what}` is {v:?}, which is not a valid ssh {what}"),
+            Some(match what {
+                "host" => {
+                    "a host name or IP address: no spaces, no `@`, not starting with `-`".into()
+                }
+                _ => "a login name: no spaces, no `@`, not starting with `-`".into(),
+            }),
+        );
+        return None;
+    }
+    Some(v)
+}
+
 pub fn server(cx: &mut FileCx, name: &str, n: &Node) -> Option<Server> {
     let what = format!("server `{name}`");
     let f = cx.fields(
@@ -188,13 +247,16 @@ pub fn server(cx: &mut FileCx, name: &str, n: &Node) -> Option<Server> {
     )?;
     let host = cx
         .required(&f, "host", &what)
-        .and_then(|h| cx.nonempty_string(h, "host"));
+        .and_then(|h| cx.nonempty_string(h, "host").map(|v| (v, h.pos)))
+        .and_then(|(v, pos)| ssh_word(cx, pos, "host", v));
     let port = match f.get("port") {
         Some(p) => cx.u16(p, "port"),
         None => Some(22),
     };
     let user = match f.get("user") {
-        Some(u) => cx.nonempty_string(u, "user"),
+        Some(u) => cx
+            .nonempty_string(u, "user")
+            .and_then(|v| ssh_word(cx, u.pos, "user", v)),
         None => Some("keystone".into()),
     };
     let transport = match f.get("transport") {

@@ -1,4 +1,4 @@
-//! SOPS-compatible secrets with age (SPEC.md §2; the format: ../shared/SOPS.md, checked against
+//! SOPS-compatible secrets with age (SPEC.md §2; the format: docs/sops-format.md, checked against
 //! the real `sops` 3.11 in tests/secrets_interop.rs).
 //!
 //! - [`decrypt_file`] / [`encrypt`] read and write the YAML, JSON and dotenv stores exactly as
