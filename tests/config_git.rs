@@ -145,7 +145,13 @@ invalid: 1 error
     );
     let (code, _, stderr) = keystone(&["validate", "--repo", path, "--rev", "main"]);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("is not a git repository"), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "error: {path} is not the top directory of a git repository (--rev, --base and \
+             --head read commits from it): could not find repository at '{path}'\n"
+        )
+    );
     let (code, _, _) = keystone(&["validate", "--format", "yaml"]);
     assert_eq!(code, Some(2));
 }
