@@ -121,7 +121,7 @@ fn main() {
     };
     mux("true");
     let plain_mux: Vec<Duration> = (0..n_mux).map(|_| mux("true")).collect();
-    // What Keystone's transport sends for `true` (the server-side timeout bound), for comparison.
+    // What Keystone's transport did per step before it kept shells (a new channel running this).
     let wrapped_mux: Vec<Duration> = (0..n_mux)
         .map(|_| mux("exec timeout -k 5 32 sh -c true"))
         .collect();
@@ -185,7 +185,7 @@ fn main() {
         ms(median(plain_mux))
     );
     println!(
-        "  plain ssh, ControlMaster, the transport's wrapped `exec timeout -k 5 32 sh -c true`: median {} over {n_mux}",
+        "  plain ssh, ControlMaster, a channel per step as the transport did before (`exec timeout -k 5 32 sh -c true`): median {} over {n_mux}",
         ms(median(wrapped_mux))
     );
     println!(
