@@ -502,9 +502,11 @@ async fn steps_on_a_kept_shell_start_clean_and_an_abandoned_one_is_killed_alone(
     let shell_pid = run("echo $$".into()).await.1;
     let umask = run("umask".into()).await.1;
     assert_eq!(
-        run("cd /tmp; X=1; export Y=2; umask 077; set -e; trap 'echo bye' EXIT; alias ll=ls".into())
-            .await
-            .0,
+        run(
+            "cd /tmp; X=1; export Y=2; umask 077; set -e; trap 'echo bye' EXIT; alias ll=ls".into()
+        )
+        .await
+        .0,
         Some(0)
     );
     assert_eq!(
@@ -519,8 +521,11 @@ async fn steps_on_a_kept_shell_start_clean_and_an_abandoned_one_is_killed_alone(
     // A step abandoned mid-way (as the orchestrator does on a timeout) is killed on the server,
     // and the next step gets a new shell on the same connection.
     let tag = format!("sleep 40.{}", std::process::id());
-    let abandoned = tokio::time::timeout(Duration::from_millis(1500), run(format!("{tag}; echo done")))
-        .await;
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(1500),
+        run(format!("{tag}; echo done")),
+    )
+    .await;
     assert!(abandoned.is_err(), "{abandoned:?}");
     let alive = || {
         !std::process::Command::new("pgrep")
@@ -536,7 +541,10 @@ async fn steps_on_a_kept_shell_start_clean_and_an_abandoned_one_is_killed_alone(
         waited += 1;
     }
     assert!(!alive(), "the abandoned step still runs 5 s later");
-    assert_eq!(run("echo again".into()).await, (Some(0), "again\n".to_string()));
+    assert_eq!(
+        run("echo again".into()).await,
+        (Some(0), "again\n".to_string())
+    );
     assert_ne!(run("echo $$".into()).await.1, shell_pid, "a new shell");
     // A step that kills its own shell reports a signal, and the next one gets a new shell.
     assert_eq!(run("kill -9 0".into()).await.0, None);

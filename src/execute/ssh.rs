@@ -423,4 +423,3 @@ impl Transport for Transports {
         }
     }
 }
-

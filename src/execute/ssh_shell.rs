@@ -109,16 +109,14 @@ impl std::fmt::Display for ShellError {
 impl Shell {
     /// Open a session channel on the master and start the shell in it.
     pub(super) async fn start(session: &Arc<Session>) -> Result<Self, ShellError> {
-        let mut child = Session::arc_raw_command(
-            session.clone(),
-            format!("exec sh -c {}", quote(DRIVER)),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .await
-        .map_err(ShellError::Ssh)?;
+        let mut child =
+            Session::arc_raw_command(session.clone(), format!("exec sh -c {}", quote(DRIVER)))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .await
+                .map_err(ShellError::Ssh)?;
         let mut shell = Self {
             stdin: child.stdin().take().expect("piped"),
             stdout: child.stdout().take().expect("piped"),
@@ -362,7 +360,10 @@ impl Frame {
     /// as the shell reports it.
     fn status(&self) -> Option<i32> {
         let after = self.after.as_deref().unwrap_or_default();
-        let line = &after[..after.iter().position(|&b| b == b'\n').unwrap_or(after.len())];
+        let line = &after[..after
+            .iter()
+            .position(|&b| b == b'\n')
+            .unwrap_or(after.len())];
         std::str::from_utf8(line).ok()?.trim().parse().ok()
     }
 }
@@ -436,7 +437,11 @@ mod tests {
         }
 
         /// (status, stdout, everything)
-        async fn run(&mut self, script: &str, stdin: Option<&[u8]>) -> (Option<i32>, String, String) {
+        async fn run(
+            &mut self,
+            script: &str,
+            stdin: Option<&[u8]>,
+        ) -> (Option<i32>, String, String) {
             let mut out = Output::discard(Redactor::new());
             let status = exchange(
                 &mut self.stdin,
@@ -460,7 +465,10 @@ mod tests {
             (Some(3), "out\n".into(), "out\nerr\n".into())
         );
         let (status, stdout, _) = sh
-            .run("cd /; x=1; export Y=2; set -e; trap 'echo bye' EXIT; umask 077; pwd", None)
+            .run(
+                "cd /; x=1; export Y=2; set -e; trap 'echo bye' EXIT; umask 077; pwd",
+                None,
+            )
             .await;
         assert_eq!((status, stdout.as_str()), (Some(0), "/\nbye\n"));
         let (status, stdout, _) = sh
@@ -496,23 +504,20 @@ mod tests {
         assert_eq!(sh.run("true", Some(&vec![7u8; 300_000])).await.0, Some(0));
         assert_eq!(sh.run("wc -c", Some(b"")).await.1.trim(), "0");
         let big: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        assert_eq!(
-            sh.run("cksum", Some(&big)).await.1,
-            {
-                let out = std::process::Command::new("sh")
-                    .args(["-c", "cksum"])
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .spawn()
-                    .and_then(|mut c| {
-                        use std::io::Write;
-                        c.stdin.take().unwrap().write_all(&big)?;
-                        c.wait_with_output()
-                    })
-                    .unwrap();
-                String::from_utf8(out.stdout).unwrap()
-            }
-        );
+        assert_eq!(sh.run("cksum", Some(&big)).await.1, {
+            let out = std::process::Command::new("sh")
+                .args(["-c", "cksum"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .and_then(|mut c| {
+                    use std::io::Write;
+                    c.stdin.take().unwrap().write_all(&big)?;
+                    c.wait_with_output()
+                })
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        });
         assert_eq!(sh.run("cat", None).await.1, "", "no stdin: /dev/null");
         assert_eq!(sh.run("echo next", None).await.1, "next\n");
     }
