@@ -550,3 +550,32 @@ async fn steps_on_a_kept_shell_start_clean_and_an_abandoned_one_is_killed_alone(
     assert_eq!(run("kill -9 0".into()).await.0, None);
     assert_eq!(run("echo fine".into()).await.1, "fine\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_ahead_starts_the_shell_the_first_step_runs_on() {
+    use keystone::execute::{Output, Transport};
+    let lab = lab();
+    let work = tempfile::tempdir().unwrap();
+    let mut settings = SshSettings::new(work.path(), &lab.client_key);
+    settings.max_channels = 1;
+    let transports = Transports::new(vec![lab.server("db-1")], settings);
+    transports.connect("db-1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut out = Output::discard(Redactor::new());
+    let code = transports
+        .run(
+            &Target::Server("db-1".into()),
+            "ps -o etimes= -p $$",
+            None,
+            Duration::from_secs(30),
+            &mut out,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    let age: u64 = out.stdout.text().trim().parse().unwrap();
+    assert!(
+        age >= 2,
+        "the step's shell was started {age} s ago, not by connect"
+    );
+}

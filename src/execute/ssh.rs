@@ -117,6 +117,22 @@ impl SshTransport {
         cell.get_or_try_init(|| self.connect(server)).await.cloned()
     }
 
+    /// Connect to `name` and start one shell there, so that the first step finds both ready.
+    async fn warm(&self, name: &str) -> Result<(), TransportError> {
+        let host = self.host(name).await?;
+        let _permit = host.channels.acquire().await.expect("never closed");
+        if host.idle.lock().unwrap().is_empty() {
+            let shell = Shell::start(&host.session)
+                .await
+                .map_err(|e| TransportError::Io {
+                    target: name.to_string(),
+                    detail: e.to_string(),
+                })?;
+            host.idle.lock().unwrap().push(shell);
+        }
+        Ok(())
+    }
+
     /// Forget a connection that broke, so the next step connects again.
     fn drop_host(&self, name: &str) {
         self.hosts.lock().unwrap().remove(name);
@@ -378,12 +394,12 @@ impl Transports {
         Self::new(model.servers.values().cloned(), settings)
     }
 
-    /// Open the connection to `server` now (ssh servers), so that its first step does not wait
-    /// for the handshake. The connection is kept for the steps; an error is left for the first
-    /// step to report (it connects again).
+    /// Open the connection to `server` now (ssh servers) and start a shell on it, so that its
+    /// first step does not wait for the handshake. Both are kept for the steps; an error is left
+    /// for the first step to report (it connects again).
     pub async fn connect(&self, server: &str) -> Result<(), TransportError> {
         match self.kinds.get(server) {
-            Some(TransportKind::Ssh) => self.ssh.host(server).await.map(|_| ()),
+            Some(TransportKind::Ssh) => self.ssh.warm(server).await,
             Some(TransportKind::Local) => Ok(()),
             None => Err(TransportError::UnknownServer(server.to_string())),
         }
