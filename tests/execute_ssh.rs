@@ -406,8 +406,9 @@ async fn a_server_without_a_pinned_key_is_a_config_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_remote_command_is_ended_on_the_server_too() {
     let lab = lab();
-    let tag = format!("ks-engine-timeout-{}", std::process::id());
-    let mut slow = run_on("web-1", "slow", &format!("sleep 30; echo {tag}"));
+    // A sleep whose command line is unique to this run, so `pgrep` finds exactly it.
+    let tag = format!("sleep 30.{}", std::process::id());
+    let mut slow = run_on("web-1", "slow", &format!("{tag}; echo done"));
     slow.timeout = Duration::from_secs(1);
     slow.idempotent = false;
     let (report, _) = execute(
@@ -427,7 +428,7 @@ async fn a_timed_out_remote_command_is_ended_on_the_server_too() {
             .unwrap();
         !out.stdout.is_empty()
     };
-    // The server-side bound is the step timeout plus 2 s.
+    // Abandoning the step closes its shell's channel, and the shell ends its process group.
     let mut waited = 0;
     while alive() && waited < 100 {
         std::thread::sleep(Duration::from_millis(100));
@@ -476,4 +477,105 @@ async fn concurrent_steps_on_one_host_are_bounded_below_max_sessions() {
             .join(dir.trim_start_matches("/home/keystone/")),
     )
     .ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_on_a_kept_shell_start_clean_and_an_abandoned_one_is_killed_alone() {
+    use keystone::execute::{Output, Transport};
+    let lab = lab();
+    let work = tempfile::tempdir().unwrap();
+    let mut settings = SshSettings::new(work.path(), &lab.client_key);
+    settings.max_channels = 1; // one shell: every step below runs on the same one
+    let transport = SshTransport::new(vec![lab.server("web-2")], settings);
+    let target = Target::Server("web-2".into());
+    let run = |script: String| {
+        let (transport, target) = (&transport, &target);
+        async move {
+            let mut out = Output::discard(Redactor::new());
+            let code = transport
+                .run(target, &script, None, Duration::from_secs(30), &mut out)
+                .await
+                .unwrap();
+            (code, out.stdout.text())
+        }
+    };
+    let shell_pid = run("echo $$".into()).await.1;
+    let umask = run("umask".into()).await.1;
+    assert_eq!(
+        run(
+            "cd /tmp; X=1; export Y=2; umask 077; set -e; trap 'echo bye' EXIT; alias ll=ls".into()
+        )
+        .await
+        .0,
+        Some(0)
+    );
+    assert_eq!(
+        run("pwd; echo \"[$X][$Y]\"; umask; false; echo no-set-e; alias ll 2>/dev/null || echo no-alias".into())
+            .await,
+        (
+            Some(0),
+            format!("/home/keystone\n[][]\n{umask}no-set-e\nno-alias\n")
+        )
+    );
+    assert_eq!(run("echo $$".into()).await.1, shell_pid, "the same shell");
+    // A step abandoned mid-way (as the orchestrator does on a timeout) is killed on the server,
+    // and the next step gets a new shell on the same connection.
+    let tag = format!("sleep 40.{}", std::process::id());
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(1500),
+        run(format!("{tag}; echo done")),
+    )
+    .await;
+    assert!(abandoned.is_err(), "{abandoned:?}");
+    let alive = || {
+        !std::process::Command::new("pgrep")
+            .args(["-f", &tag])
+            .output()
+            .unwrap()
+            .stdout
+            .is_empty()
+    };
+    let mut waited = 0;
+    while alive() && waited < 50 {
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    assert!(!alive(), "the abandoned step still runs 5 s later");
+    assert_eq!(
+        run("echo again".into()).await,
+        (Some(0), "again\n".to_string())
+    );
+    assert_ne!(run("echo $$".into()).await.1, shell_pid, "a new shell");
+    // A step that kills its own shell reports a signal, and the next one gets a new shell.
+    assert_eq!(run("kill -9 0".into()).await.0, None);
+    assert_eq!(run("echo fine".into()).await.1, "fine\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_ahead_starts_the_shell_the_first_step_runs_on() {
+    use keystone::execute::{Output, Transport};
+    let lab = lab();
+    let work = tempfile::tempdir().unwrap();
+    let mut settings = SshSettings::new(work.path(), &lab.client_key);
+    settings.max_channels = 1;
+    let transports = Transports::new(vec![lab.server("db-1")], settings);
+    transports.connect("db-1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut out = Output::discard(Redactor::new());
+    let code = transports
+        .run(
+            &Target::Server("db-1".into()),
+            "ps -o etimes= -p $$",
+            None,
+            Duration::from_secs(30),
+            &mut out,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    let age: u64 = out.stdout.text().trim().parse().unwrap();
+    assert!(
+        age >= 2,
+        "the step's shell was started {age} s ago, not by connect"
+    );
 }

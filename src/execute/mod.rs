@@ -13,6 +13,7 @@ pub mod placeholders;
 pub mod progress;
 pub mod registry;
 pub mod ssh;
+mod ssh_shell;
 mod stdio;
 pub mod transport;
 

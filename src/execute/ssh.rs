@@ -1,22 +1,23 @@
 //! The `ssh` transport: the system `ssh` through the `openssh` crate (native mux), one master
 //! connection per server reused by every step, the host key pinned from the config and checked
 //! strictly, and at most `max_channels` commands at once per server (below sshd's MaxSessions).
+//! Steps run on long-lived remote shells kept per server (`ssh_shell`), one channel each, at most
+//! `max_channels` of them: a step is a write and a read on an open channel, not a new channel.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::model::{Server, TransportKind};
 use crate::plan::Target;
-use crate::shell::quote;
 
 use super::local::LocalTransport;
 use super::output::Output;
-use super::stdio::pump;
+use super::ssh_shell::{Shell, ShellError};
 use super::transport::{BoxFuture, Transport, TransportError};
 
 /// How Keystone logs in to servers.
@@ -55,8 +56,29 @@ impl SshSettings {
 }
 
 struct Host {
-    session: Session,
+    session: Arc<Session>,
+    /// One per channel in use: a step holds one while it runs on a shell.
     channels: Semaphore,
+    /// Shells with no step. A shell is started only when this is empty and a permit is held, so
+    /// there are never more shells (channels) than permits.
+    idle: Mutex<Vec<Shell>>,
+}
+
+impl Host {
+    /// A shell for one step: an idle one still open, or a new one.
+    async fn shell(&self) -> Result<Shell, ShellError> {
+        loop {
+            let next = self.idle.lock().unwrap().pop();
+            match next {
+                Some(mut shell) => {
+                    if shell.is_usable() {
+                        return Ok(shell);
+                    }
+                }
+                None => return Shell::start(&self.session).await,
+            }
+        }
+    }
 }
 
 /// Runs steps on `transport: ssh` servers.
@@ -95,6 +117,22 @@ impl SshTransport {
         cell.get_or_try_init(|| self.connect(server)).await.cloned()
     }
 
+    /// Connect to `name` and start one shell there, so that the first step finds both ready.
+    async fn warm(&self, name: &str) -> Result<(), TransportError> {
+        let host = self.host(name).await?;
+        let _permit = host.channels.acquire().await.expect("never closed");
+        if host.idle.lock().unwrap().is_empty() {
+            let shell = Shell::start(&host.session)
+                .await
+                .map_err(|e| TransportError::Io {
+                    target: name.to_string(),
+                    detail: e.to_string(),
+                })?;
+            host.idle.lock().unwrap().push(shell);
+        }
+        Ok(())
+    }
+
     /// Forget a connection that broke, so the next step connects again.
     fn drop_host(&self, name: &str) {
         self.hosts.lock().unwrap().remove(name);
@@ -121,8 +159,9 @@ impl SshTransport {
             .await
             .map_err(|e| self.connect_error(server, e))?;
         Ok(Arc::new(Host {
-            session,
+            session: Arc::new(session),
             channels: Semaphore::new(self.settings.max_channels.max(1)),
+            idle: Mutex::new(Vec::new()),
         }))
     }
 
@@ -276,13 +315,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The remote command line: the script under `sh -c`, bounded on the server too so an abandoned
-/// command does not linger (coreutils or busybox `timeout`).
-fn remote_command(script: &str, timeout: Duration) -> String {
-    let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0) + 2;
-    format!("exec timeout -k 5 {secs} sh -c {}", quote(script))
-}
-
 impl Transport for SshTransport {
     fn run<'a>(
         &'a self,
@@ -300,44 +332,28 @@ impl Transport for SshTransport {
             };
             let host = self.host(name).await?;
             let _permit = host.channels.acquire().await.expect("never closed");
-            let lost = |e: openssh::Error| {
-                self.drop_host(name);
+            let failed = |e: ShellError| {
+                if matches!(e, ShellError::Ssh(_)) {
+                    // The connection broke: connect again for the next step.
+                    self.drop_host(name);
+                }
                 TransportError::Io {
                     target: name.clone(),
-                    detail: format!("ssh: {e}"),
+                    detail: e.to_string(),
                 }
             };
-            let mut child = host
-                .session
-                .raw_command(remote_command(script, timeout))
-                .stdin(if stdin.is_some() {
-                    Stdio::piped()
-                } else {
-                    Stdio::null()
-                })
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .await
-                .map_err(lost)?;
-            let pumped = pump(
-                child.stdin().take(),
-                stdin,
-                child.stdout().take().expect("piped"),
-                child.stderr().take().expect("piped"),
-                out,
-            )
-            .await;
-            let status = match child.wait().await {
-                Ok(status) => status.code(),
-                Err(openssh::Error::RemoteProcessTerminated) => None,
-                Err(e) => return Err(lost(e)),
-            };
-            pumped.map_err(|e| TransportError::Io {
-                target: name.clone(),
-                detail: format!("reading the command's output: {e}"),
-            })?;
-            Ok(status)
+            // Dropped with this future (step timeout, shutdown), the shell takes its channel and
+            // the step running on it down with it: the shell kills its process group when its
+            // input ends.
+            let mut shell = host.shell().await.map_err(failed)?;
+            match shell.run(script, stdin, out).await {
+                Ok(code) => {
+                    host.idle.lock().unwrap().push(shell);
+                    Ok(code)
+                }
+                Err(ShellError::Killed) => Ok(None),
+                Err(e) => Err(failed(e)),
+            }
         })
     }
 
@@ -378,12 +394,12 @@ impl Transports {
         Self::new(model.servers.values().cloned(), settings)
     }
 
-    /// Open the connection to `server` now (ssh servers), so that its first step does not wait
-    /// for the handshake. The connection is kept for the steps; an error is left for the first
-    /// step to report (it connects again).
+    /// Open the connection to `server` now (ssh servers) and start a shell on it, so that its
+    /// first step does not wait for the handshake. Both are kept for the steps; an error is left
+    /// for the first step to report (it connects again).
     pub async fn connect(&self, server: &str) -> Result<(), TransportError> {
         match self.kinds.get(server) {
-            Some(TransportKind::Ssh) => self.ssh.host(server).await.map(|_| ()),
+            Some(TransportKind::Ssh) => self.ssh.warm(server).await,
             Some(TransportKind::Local) => Ok(()),
             None => Err(TransportError::UnknownServer(server.to_string())),
         }
@@ -421,22 +437,5 @@ impl Transport for Transports {
         if let Ok(t) = self.pick(target) {
             t.reset(target);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn remote_commands_quote_the_script_and_bound_it() {
-        assert_eq!(
-            remote_command("echo 'hi' $HOME", Duration::from_secs(30)),
-            "exec timeout -k 5 32 sh -c 'echo '\\''hi'\\'' $HOME'"
-        );
-        assert_eq!(
-            remote_command("true", Duration::from_millis(1500)),
-            "exec timeout -k 5 4 sh -c true"
-        );
     }
 }
