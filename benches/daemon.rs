@@ -195,6 +195,9 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(keep) = std::env::var_os("KEYSTONE_BENCH_KEEP_LOG") {
+            let _ = std::fs::copy(&self.log, keep);
+        }
     }
 }
 
@@ -205,7 +208,11 @@ impl Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keystone"));
         // A file:// URL: the daemon does not watch it with notify, so only the webhook (not the
         // push itself) tells it about a commit.
-        cmd.args(["--log", "keystone=info", "daemon", "--repo"])
+        // KEYSTONE_BENCH_DAEMON_LOG=keystone=debug adds the debug lines (secrets and ls-remote
+        // times, each ssh connection opened ahead); KEYSTONE_BENCH_KEEP_LOG=FILE keeps the log.
+        let filter =
+            std::env::var("KEYSTONE_BENCH_DAEMON_LOG").unwrap_or_else(|_| "keystone=info".into());
+        cmd.args(["--log", &filter, "daemon", "--repo"])
             .arg(format!("file://{}", remote.display()))
             .arg("--state")
             .arg(state)
@@ -401,20 +408,22 @@ fn wait_until(what: &str, limit: Duration, daemon: &mut Daemon, mut f: impl FnMu
     daemon.wait(what, limit, |_| f().then_some(()));
 }
 
-/// The phases of a webhook round, as the daemon logs them: the first line of each at or after
-/// the webhook was sent.
-const PHASES: [(&str, &str); 5] = [
-    ("webhook received", "webhook received"),
-    ("fetch done", " fetched "),
+/// The phases of a webhook round, in the order the daemon goes through them, as it logs them:
+/// the first line of each at or after the webhook was sent that holds all of its markers. The
+/// jobs start right after the `config …` status commit; the `… started` status commit is
+/// written beside them (shown after the timeline).
+const PHASES: [(&str, &[&str]); 5] = [
+    ("webhook received", &["webhook received"]),
+    ("fetch done", &[" fetched "]),
     (
         "commit loaded and planned (secrets, ls-remote, plan of every environment)",
-        "commit loaded and planned",
+        &["commit loaded and planned"],
     ),
     (
-        "operation started (status commits `config …` and `… started` written)",
-        "status branch written",
+        "status commit `config …` written, jobs started",
+        &["status branch written", "subject=\"config "],
     ),
-    ("first step started", "step started"),
+    ("first step started", &["step started"]),
 ];
 
 /// The figures of the webhook rounds, from the daemon's log.
@@ -422,6 +431,8 @@ const PHASES: [(&str, &str); 5] = [
 struct Rounds {
     /// Per phase of `PHASES`: time from the webhook sent.
     phases: [Vec<Duration>; 5],
+    /// The `… started` status commit written (beside the job).
+    started_commit: Vec<Duration>,
     /// The job's own planning (`planned ms=`), on the commit prepared by the load.
     job_planned: Vec<Duration>,
 }
@@ -429,17 +440,23 @@ struct Rounds {
 impl Rounds {
     /// Wait for this round's log lines, the webhook having been sent at `sent`.
     fn measure(&mut self, daemon: &mut Daemon, sent: OffsetDateTime, limit: Duration) {
-        for (i, (what, marker)) in PHASES.iter().enumerate() {
-            let t = daemon.wait(what, limit, |log| {
+        let first = |daemon: &mut Daemon, what: &str, markers: &[&str]| {
+            daemon.wait(what, limit, |log| {
                 log.lines().find_map(|l| {
                     let (t, rest) = stamped(l)?;
-                    let hit =
-                        t >= sent && rest.contains(marker) && (i != 3 || rest.contains(" started"));
+                    let hit = t >= sent && markers.iter().all(|m| rest.contains(m));
                     hit.then(|| (t - sent).unsigned_abs())
                 })
-            });
-            self.phases[i].push(t);
+            })
+        };
+        for (i, (what, markers)) in PHASES.iter().enumerate() {
+            self.phases[i].push(first(daemon, what, markers));
         }
+        self.started_commit.push(first(
+            daemon,
+            "the `… started` status commit",
+            &["status branch written", " started\""],
+        ));
         self.job_planned
             .push(daemon.wait("a job plan", limit, |log| {
                 log.lines().find_map(|l| {
@@ -464,13 +481,17 @@ impl Rounds {
         for (i, (what, _)) in PHASES.iter().enumerate() {
             let median = percentile(&mut self.phases[i], 0.5);
             println!(
-                "    {:>7} (+{:>6}) {what}: {}",
+                "    {} (+{}) {what}: {}",
                 ms(median),
                 ms(median.saturating_sub(previous)),
                 figures(&mut self.phases[i])
             );
             previous = median;
         }
+        println!(
+            "  beside the job: status commit `… started` written: {}",
+            figures(&mut self.started_commit)
+        );
         println!(
             "  of which the job's own planning (plan of its environment on the prepared commit): {}",
             figures(&mut self.job_planned)
