@@ -433,6 +433,9 @@ struct Rounds {
     phases: [Vec<Duration>; 5],
     /// The `… started` status commit written (beside the job).
     started_commit: Vec<Duration>,
+    /// The first step's own duration (`step finished … ms=`): its command over ssh, after the
+    /// connection opened ahead of it is up.
+    first_step_ms: Vec<Duration>,
     /// The job's own planning (`planned ms=`), on the commit prepared by the load.
     job_planned: Vec<Duration>,
 }
@@ -457,11 +460,39 @@ impl Rounds {
             "the `… started` status commit",
             &["status branch written", " started\""],
         ));
+        self.first_step_ms
+            .push(daemon.wait("the first step to finish", limit, |log| {
+                // The `step finished` of the step whose `step started` came first.
+                let started = log.lines().find_map(|l| {
+                    let (t, rest) = stamped(l)?;
+                    (t >= sent && rest.contains("step started")).then_some(rest)
+                })?;
+                let key = |rest: &str| {
+                    let node = rest.split(" node=").nth(1)?.split(" step=").next()?;
+                    let step = rest.split(" step=").nth(1)?.split(" attempt=").next()?;
+                    Some(format!("{node}|{step}"))
+                };
+                let want = key(started)?;
+                log.lines().find_map(|l| {
+                    let (t, rest) = stamped(l)?;
+                    if t < sent || !rest.contains("step finished") {
+                        return None;
+                    }
+                    let node = rest.split(" node=").nth(1)?.split(" step=").next()?;
+                    let step = rest.split(" step=").nth(1)?.split(" status=").next()?;
+                    if format!("{node}|{step}") != want {
+                        return None;
+                    }
+                    let v = rest.split(" ms=").nth(1)?.split(' ').next()?;
+                    Some(Duration::from_millis(v.trim().parse().ok()?))
+                })
+            }));
         self.job_planned
             .push(daemon.wait("a job plan", limit, |log| {
                 log.lines().find_map(|l| {
                     let (t, rest) = stamped(l)?;
-                    if t < sent || !rest.contains(" planned ") {
+                    // The job's `planned`, not the load's `commit loaded and planned`.
+                    if t < sent || !rest.contains("daemon::engine: planned ") {
                         return None;
                     }
                     let v = rest.split(" ms=").nth(1)?.split(' ').next()?;
@@ -493,7 +524,11 @@ impl Rounds {
             figures(&mut self.started_commit)
         );
         println!(
-            "  of which the job's own planning (plan of its environment on the prepared commit): {}",
+            "  the first step's own duration (its command, after waiting for the ssh connection opened at the plan): {}",
+            figures(&mut self.first_step_ms)
+        );
+        println!(
+            "  the job's own planning (its environment's plan on the prepared commit, between the last two): {}",
             figures(&mut self.job_planned)
         );
         std::thread::sleep(Duration::from_secs(5));
