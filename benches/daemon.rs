@@ -2,7 +2,9 @@
 //! the real engine wherever the figure is about the daemon:
 //!
 //! 1. webhook → first step: a signed GitHub push webhook for a new config commit, until the
-//!    daemon's log shows the first step of the deploy starting (fetch, load, secrets, plan, ssh);
+//!    daemon's log shows the first step of the deploy starting, with the timeline of its phases
+//!    (webhook received → fetch done → commit loaded and planned → operation started → first
+//!    step started), each read from the daemon's log;
 //! 2. idle daemon RSS: `VmRSS` of the daemon process once it has nothing to do;
 //! 3. status commit + push: every status branch write of the daemon that made a commit, as the
 //!    daemon logs it (render, redact, commit in the mirror, push to the bare remote); beside it
@@ -193,6 +195,9 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(keep) = std::env::var_os("KEYSTONE_BENCH_KEEP_LOG") {
+            let _ = std::fs::copy(&self.log, keep);
+        }
     }
 }
 
@@ -203,7 +208,11 @@ impl Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keystone"));
         // A file:// URL: the daemon does not watch it with notify, so only the webhook (not the
         // push itself) tells it about a commit.
-        cmd.args(["--log", "keystone=info", "daemon", "--repo"])
+        // KEYSTONE_BENCH_DAEMON_LOG=keystone=debug adds the debug lines (secrets and ls-remote
+        // times, each ssh connection opened ahead); KEYSTONE_BENCH_KEEP_LOG=FILE keeps the log.
+        let filter =
+            std::env::var("KEYSTONE_BENCH_DAEMON_LOG").unwrap_or_else(|_| "keystone=info".into());
+        cmd.args(["--log", &filter, "daemon", "--repo"])
             .arg(format!("file://{}", remote.display()))
             .arg("--state")
             .arg(state)
@@ -295,14 +304,6 @@ impl Daemon {
 fn stamped(line: &str) -> Option<(OffsetDateTime, &str)> {
     let (t, rest) = line.split_once(' ')?;
     Some((OffsetDateTime::parse(t, &Rfc3339).ok()?, rest))
-}
-
-/// Time from `since` to the first log line at or after it that contains `what`.
-fn first_after(log: &str, since: OffsetDateTime, what: &str) -> Option<Duration> {
-    log.lines().find_map(|l| {
-        let (t, rest) = stamped(l)?;
-        (t >= since && rest.contains(what)).then(|| (t - since).unsigned_abs())
-    })
 }
 
 /// Every `status branch written … ms=N` of the log.
@@ -407,62 +408,128 @@ fn wait_until(what: &str, limit: Duration, daemon: &mut Daemon, mut f: impl FnMu
     daemon.wait(what, limit, |_| f().then_some(()));
 }
 
+/// The phases of a webhook round, in the order the daemon goes through them, as it logs them:
+/// the first line of each at or after the webhook was sent that holds all of its markers. The
+/// jobs start right after the `config …` status commit; the `… started` status commit is
+/// written beside them (shown after the timeline).
+const PHASES: [(&str, &[&str]); 5] = [
+    ("webhook received", &["webhook received"]),
+    ("fetch done", &[" fetched "]),
+    (
+        "commit loaded and planned (secrets, ls-remote, plan of every environment)",
+        &["commit loaded and planned"],
+    ),
+    (
+        "status commit `config …` written, jobs started",
+        &["status branch written", "subject=\"config "],
+    ),
+    ("first step started", &["step started"]),
+];
+
 /// The figures of the webhook rounds, from the daemon's log.
 #[derive(Default)]
 struct Rounds {
-    first_step: Vec<Duration>,
-    new_commit: Vec<Duration>,
-    started: Vec<Duration>,
-    planned: Vec<Duration>,
+    /// Per phase of `PHASES`: time from the webhook sent.
+    phases: [Vec<Duration>; 5],
+    /// The `… started` status commit written (beside the job).
+    started_commit: Vec<Duration>,
+    /// The first step's own duration (`step finished … ms=`): its command over ssh, after the
+    /// connection opened ahead of it is up.
+    first_step_ms: Vec<Duration>,
+    /// The job's own planning (`planned ms=`), on the commit prepared by the load.
+    job_planned: Vec<Duration>,
 }
 
 impl Rounds {
     /// Wait for this round's log lines, the webhook having been sent at `sent`.
     fn measure(&mut self, daemon: &mut Daemon, sent: OffsetDateTime, limit: Duration) {
-        let after = |what: &'static str| move |log: &str| first_after(log, sent, what);
-        self.first_step
-            .push(daemon.wait("a step started", limit, after("step started")));
-        self.new_commit
-            .push(daemon.wait("a new commit", limit, after("new commit")));
-        self.started
-            .push(daemon.wait("a deploy start", limit, |log| {
+        let first = |daemon: &mut Daemon, what: &str, markers: &[&str]| {
+            daemon.wait(what, limit, |log| {
                 log.lines().find_map(|l| {
                     let (t, rest) = stamped(l)?;
-                    (t >= sent
-                        && rest.contains("status branch written")
-                        && rest.contains(" started"))
-                    .then(|| (t - sent).unsigned_abs())
+                    let hit = t >= sent && markers.iter().all(|m| rest.contains(m));
+                    hit.then(|| (t - sent).unsigned_abs())
+                })
+            })
+        };
+        for (i, (what, markers)) in PHASES.iter().enumerate() {
+            self.phases[i].push(first(daemon, what, markers));
+        }
+        self.started_commit.push(first(
+            daemon,
+            "the `… started` status commit",
+            &["status branch written", " started\""],
+        ));
+        self.first_step_ms
+            .push(daemon.wait("the first step to finish", limit, |log| {
+                // The `step finished` of the step whose `step started` came first.
+                let started = log.lines().find_map(|l| {
+                    let (t, rest) = stamped(l)?;
+                    (t >= sent && rest.contains("step started")).then_some(rest)
+                })?;
+                let key = |rest: &str| {
+                    let node = rest.split(" node=").nth(1)?.split(" step=").next()?;
+                    let step = rest.split(" step=").nth(1)?.split(" attempt=").next()?;
+                    Some(format!("{node}|{step}"))
+                };
+                let want = key(started)?;
+                log.lines().find_map(|l| {
+                    let (t, rest) = stamped(l)?;
+                    if t < sent || !rest.contains("step finished") {
+                        return None;
+                    }
+                    let node = rest.split(" node=").nth(1)?.split(" step=").next()?;
+                    let step = rest.split(" step=").nth(1)?.split(" status=").next()?;
+                    if format!("{node}|{step}") != want {
+                        return None;
+                    }
+                    let v = rest.split(" ms=").nth(1)?.split(' ').next()?;
+                    Some(Duration::from_millis(v.trim().parse().ok()?))
                 })
             }));
-        self.planned.push(daemon.wait("a plan", limit, |log| {
-            log.lines().find_map(|l| {
-                let (t, rest) = stamped(l)?;
-                if t < sent || !rest.contains(" planned ") {
-                    return None;
-                }
-                let v = rest.split(" ms=").nth(1)?.split(' ').next()?;
-                Some(Duration::from_millis(v.trim().parse().ok()?))
-            })
-        }));
+        self.job_planned
+            .push(daemon.wait("a job plan", limit, |log| {
+                log.lines().find_map(|l| {
+                    let (t, rest) = stamped(l)?;
+                    // The job's `planned`, not the load's `commit loaded and planned`.
+                    if t < sent || !rest.contains("daemon::engine: planned ") {
+                        return None;
+                    }
+                    let v = rest.split(" ms=").nth(1)?.split(' ').next()?;
+                    Some(Duration::from_millis(v.trim().parse().ok()?))
+                })
+            }));
     }
 
     fn print(&mut self, daemon: &mut Daemon, what: &str) {
         println!(
             "webhook → first step ({what}, {}): {}  (target < 500 ms)",
             profile(),
-            figures(&mut self.first_step)
+            figures(&mut self.phases[4])
+        );
+        println!("  timeline, from the webhook sent (each: median, p90, max over the rounds):");
+        let mut previous = Duration::ZERO;
+        for (i, (what, _)) in PHASES.iter().enumerate() {
+            let median = percentile(&mut self.phases[i], 0.5);
+            println!(
+                "    {} (+{}) {what}: {}",
+                ms(median),
+                ms(median.saturating_sub(previous)),
+                figures(&mut self.phases[i])
+            );
+            previous = median;
+        }
+        println!(
+            "  beside the job: status commit `… started` written: {}",
+            figures(&mut self.started_commit)
         );
         println!(
-            "  webhook → new commit queued (fetch + load of the commit): {}",
-            figures(&mut self.new_commit)
+            "  the first step's own duration (its command, after waiting for the ssh connection opened at the plan): {}",
+            figures(&mut self.first_step_ms)
         );
         println!(
-            "  webhook → deploy started (+ status commits `config …` and `… started`): {}",
-            figures(&mut self.started)
-        );
-        println!(
-            "  planning the job (load, decrypt secrets, ls-remote of the app source, plan): {}",
-            figures(&mut self.planned)
+            "  the job's own planning (its environment's plan on the prepared commit, between the last two): {}",
+            figures(&mut self.job_planned)
         );
         std::thread::sleep(Duration::from_secs(5));
         let (rss, peak) = daemon.rss_kib();
@@ -478,7 +545,18 @@ impl Rounds {
             profile(),
             figures(&mut writes)
         );
+        println!("load average while measuring: {}", load_average());
     }
+}
+
+/// `/proc/loadavg`'s three averages (the machine is shared with other builds).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Short run: the unpinned example; deploys stop at the host key check of their first step.

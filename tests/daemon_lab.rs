@@ -692,7 +692,7 @@ fn daemon_deploys_pushes_coalesces_blocks_bad_commits_and_survives_sigkill() {
     assert_eq!(
         message.trim_end(),
         format!(
-            "status: commit {} blocked for 1 environment\n\n- shop/production: {}",
+            "status: commit {} blocked for 1 environment\n\n- shop/production: {}\n- shop/staging: nothing to change, synced without an operation",
             short(&c4),
             expected[0]
         )

@@ -46,7 +46,8 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A commit's `environments` file: one `app/env` per line, or `app/env: problem`; `digest`,
+/// A commit's `environments` file: one `app/env` per line, `app/env (unchanged)` (its plan is
+/// empty), or `app/env: problem` (a line per problem); `digest`,
 /// `mode` (`ok`, `slow`, `fail`).
 #[derive(Default)]
 struct Recording {
@@ -76,8 +77,20 @@ impl Deployer for TestDeployer {
             .lines()
         {
             match line.split_once(": ") {
-                Some((env, problem)) => l.environments.insert(env.into(), vec![problem.into()]),
-                None => l.environments.insert(line.into(), vec![]),
+                Some((env, problem)) => l
+                    .environments
+                    .entry(env.into())
+                    .or_default()
+                    .push(problem.into()),
+                None => match line.strip_suffix(" (unchanged)") {
+                    Some(env) => {
+                        l.environments.insert(env.into(), vec![]);
+                        l.unchanged.insert(env.into());
+                    }
+                    None => {
+                        l.environments.insert(line.into(), vec![]);
+                    }
+                },
             };
         }
         l
@@ -525,6 +538,138 @@ async fn pushes_deploy_coalesce_wait_fail_once_and_broken_commits_block() {
             &c6[..7]
         )
     );
+
+    daemon.cancel.cancel();
+    daemon.handle.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_a_commit_does_not_change_is_synced_without_an_operation() {
+    let repo = Repo::new(true);
+    let rec = Arc::new(Recording::default());
+    let c0 = repo.commit("shop/production\nshop/staging\n", "sha256:1111", "ok", true);
+    let daemon = start_daemon(repo.url(true), &repo.state, rec.clone(), false).await;
+    let staging =
+        || status_file(&repo.remote, "environments/shop/staging.yaml").unwrap_or_default();
+    wait_for("c0 deployed to both", || {
+        deploys(&rec).len() == 2 && staging().contains("outcome: succeeded")
+    })
+    .await;
+    let before = staging();
+
+    // c1 changes production only: staging gets no job, no operation, no status commit of its
+    // own, and is synced at c1.
+    let c1 = repo.commit(
+        "shop/production\nshop/staging (unchanged)\n",
+        "sha256:2222",
+        "ok",
+        true,
+    );
+    assert_eq!(push_hook(&daemon.base, "u1").await, 202);
+    wait_for("c1 deployed to production", || {
+        env_yaml(&repo.remote).contains(&format!("last_applied:\n  commit: {c1}"))
+            && env_yaml(&repo.remote).contains("sync: synced")
+    })
+    .await;
+    // (The two jobs of c0 start at once, in either order.)
+    let mut first = deploys(&rec);
+    first[..2].sort();
+    assert_eq!(
+        first,
+        [
+            d("shop/production", &c0, "deploy"),
+            d("shop/staging", &c0, "deploy"),
+            d("shop/production", &c1, "deploy"),
+        ]
+    );
+    let after = staging();
+    assert!(
+        after.contains(&format!("last_applied:\n  commit: {c1}")),
+        "{after}"
+    );
+    assert!(after.contains("sync: synced\n"), "{after}");
+    assert!(!after.contains("sync_reason"), "{after}");
+    // Its last operation and attempt are still c0's.
+    let section = |text: &str, key: &str| -> String {
+        let start = text.find(&format!("{key}:\n")).expect(key);
+        text[start..]
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        section(&after, "last_operation"),
+        section(&before, "last_operation")
+    );
+    assert_eq!(
+        section(&after, "last_attempted"),
+        section(&before, "last_attempted")
+    );
+    let message = git(
+        &repo.remote,
+        &[
+            "log",
+            "--format=%B",
+            "--grep",
+            &format!("status: config {}", &c1[..7]),
+            "keystone/status",
+        ],
+    );
+    assert_eq!(
+        message.trim_end(),
+        format!(
+            "status: config {}\n\n- shop/staging: nothing to change, synced without an operation",
+            &c1[..7]
+        )
+    );
+    let subjects = git(&repo.remote, &["log", "--format=%s", "keystone/status"]);
+    assert!(
+        !subjects.contains(&format!("shop/staging deploy {}", &c1[..7])),
+        "{subjects}"
+    );
+
+    // Two problems of one environment: one line each in the status commit and the README.
+    let p1 = "applications/shop/environments/production.yaml:49:21: secret shop-production.app_key cannot be decrypted: secrets/shop-production.sops.yaml does not decrypt: the value of another key, `mail_password`, does not authenticate (it was changed, or moved from another key)";
+    let p2 = "applications/shop/environments/production.yaml:50:27: secret shop-production.mail_password cannot be decrypted: secrets/shop-production.sops.yaml: `mail_password`: the encrypted value does not authenticate: it was changed, or moved from another key";
+    let c2 = repo.commit(
+        &format!("shop/production: {p1}\nshop/production: {p2}\nshop/staging (unchanged)\n"),
+        "x",
+        "ok",
+        true,
+    );
+    assert_eq!(push_hook(&daemon.base, "u2").await, 202);
+    wait_for("c2 blocked", || {
+        env_yaml(&repo.remote).contains("outcome: blocked")
+    })
+    .await;
+    let message = git(
+        &repo.remote,
+        &[
+            "log",
+            "--format=%B",
+            "--grep",
+            &format!("status: commit {} blocked", &c2[..7]),
+            "keystone/status",
+        ],
+    );
+    assert_eq!(
+        message.trim_end(),
+        format!(
+            "status: commit {} blocked for 1 environment\n\n- shop/production: {p1}\n- shop/production: {p2}\n- shop/staging: nothing to change, synced without an operation",
+            &c2[..7]
+        )
+    );
+    let readme = status_file(&repo.remote, "README.md").unwrap();
+    assert!(
+        readme.contains(&format!(
+            "**shop/production** at commit {}:\n\n- {p1}\n- {p2}\n",
+            &c2[..7]
+        )),
+        "{readme}"
+    );
+    assert_eq!(deploys(&rec).len(), 3, "nothing deployed for c2");
 
     daemon.cancel.cancel();
     daemon.handle.await.unwrap();

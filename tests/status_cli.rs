@@ -166,3 +166,22 @@ fn retry_asks_the_daemon_and_prints_what_it_queued() {
         "{request}"
     );
 }
+
+#[test]
+fn a_directory_that_is_not_a_repository_is_said_so_without_libgit2_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::cargo_bin("keystone")
+        .unwrap()
+        .args(["status", "--repo"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        format!(
+            "error: {0} is not in a git repository (could not find repository at '{0}'): give --repo a clone of the config repository, or the daemon's mirror <state>/config.git\n",
+            dir.path().display()
+        )
+    );
+}

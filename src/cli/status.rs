@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args as ClapArgs;
 
 #[derive(ClapArgs)]
@@ -20,8 +20,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let repo = git2::Repository::discover(&args.repo)
-        .with_context(|| format!("{} is not a git repository", args.repo.display()))?;
+    let repo = git2::Repository::discover(&args.repo).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not in a git repository ({}): give --repo a clone of the config repository, or the daemon's mirror <state>/config.git",
+            args.repo.display(),
+            keystone::daemon::mirror::git_message(&e)
+        )
+    })?;
     let path = match &args.environment {
         Some(env) => {
             let Some((app, name)) = env.split_once('/') else {

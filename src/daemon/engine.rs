@@ -37,7 +37,33 @@ pub struct EngineDeployer {
     state: Arc<std::sync::Mutex<Option<Arc<State>>>>,
     /// The health prober of the last commit probed, and what it last read and found.
     probing: Arc<std::sync::Mutex<Probing>>,
+    /// The newest commit `load` prepared, for its jobs.
+    prepared: Arc<std::sync::Mutex<Option<Arc<CommitPrep>>>>,
+    /// The registries' HTTP client (digest resolution), built once: building one loads the
+    /// system's root certificates, which took ~0.5 s of every deploy's start when each job
+    /// built its own on the runtime's thread.
+    http: Arc<std::sync::OnceLock<reqwest::Client>>,
 }
+
+/// A config commit made ready to deploy: loaded, its secrets resolved, the application sources
+/// asked for their commits (`git ls-remote`), and a transport whose connections to the servers
+/// of the changing environments open in the background. `load` makes one for every new commit
+/// while it finds which environments change; that commit's jobs soon after run on it instead of
+/// doing it all again (a job then only plans, which is pure), and their first step finds its
+/// ssh connection open.
+struct CommitPrep {
+    commit: String,
+    made: std::time::Instant,
+    prepared: Prepared,
+    source_commits: BTreeMap<String, String>,
+    transport: Arc<Transports>,
+    digests: Arc<crate::execute::HttpDigestResolver>,
+}
+
+/// How long a prepared commit serves its jobs. A job started later (queued behind a long deploy,
+/// a retry) prepares the commit again: the sources' branches may have moved, and an ssh master
+/// left idle exits after 60 s (`ControlPersist`), so its connections are opened anew.
+const PREP_FRESH: std::time::Duration = std::time::Duration::from_secs(45);
 
 /// What the probe keeps between rounds: the connections (one ssh master per server, reused),
 /// the applied state read when no deploy held the state, and the drift found per environment
@@ -61,9 +87,8 @@ struct ProbeSetup {
 /// What a job runs: the plan of its environment, with what executing it needs.
 struct Planned {
     state: Arc<State>,
-    model: Model,
+    prep: Arc<CommitPrep>,
     plan: plan::Plan,
-    values: BTreeMap<String, String>,
 }
 
 /// A commit loaded with its secrets resolved.
@@ -88,7 +113,24 @@ impl EngineDeployer {
             serial: Arc::new(tokio::sync::Mutex::new(())),
             state: Arc::default(),
             probing: Arc::default(),
+            prepared: Arc::default(),
+            http: Arc::default(),
         }
+    }
+
+    /// The registries' HTTP client, built on first use (by `load`, on a blocking thread).
+    fn http(&self) -> reqwest::Client {
+        self.http
+            .get_or_init(|| {
+                let t = std::time::Instant::now();
+                let c = crate::execute::HttpDigestResolver::client();
+                tracing::debug!(
+                    ms = t.elapsed().as_millis() as u64,
+                    "HTTP client for the registries built"
+                );
+                c
+            })
+            .clone()
     }
 
     /// `text` with every secret value removed.
@@ -233,6 +275,12 @@ impl EngineDeployer {
     }
 
     fn context(&self, p: &Prepared, commit: &str, operation_prefix: String) -> PlanContext {
+        let sources = self.source_commits(p);
+        context_with(p, commit, operation_prefix, sources)
+    }
+
+    /// `git ls-remote` of the application sources, through ControlMasters kept in the state.
+    fn source_commits(&self, p: &Prepared) -> BTreeMap<String, String> {
         let control = self.state_dir.join("ssh").join("sources");
         let control = std::fs::create_dir_all(&control)
             .and_then(|()| {
@@ -241,40 +289,148 @@ impl EngineDeployer {
             })
             .is_ok()
             .then_some(control);
-        PlanContext {
-            config_commit: commit.to_string(),
-            source_commits: source_commits_via(&p.loaded.model, &p.values, control.as_deref()),
-            operation_prefix,
-            request: plan::Request::Deploy,
-            secrets: p.secret_states.clone(),
-        }
+        source_commits_via(&p.loaded.model, &p.values, control.as_deref())
     }
 
-    /// The commit of `job`, loaded. Blocking (git).
-    fn load_job(&self, repo: &Path, job: &Job) -> Result<(String, crate::config::Loaded), String> {
+    /// The transport of a deploy of `model` (ssh files under the state's ssh/).
+    fn transport(&self, model: &Model) -> Arc<Transports> {
+        let identity = self
+            .ssh_key
+            .clone()
+            .unwrap_or_else(SshSettings::default_identity_file);
+        Arc::new(Transports::for_model(
+            model,
+            SshSettings::new(self.state_dir.join("ssh"), identity),
+        ))
+    }
+
+    /// `loaded` (the config at `commit`) prepared for its jobs. Blocking: SQLite, decryption,
+    /// `git ls-remote`.
+    fn prepare_commit(
+        &self,
+        git: &git2::Repository,
+        loaded: crate::config::Loaded,
+        commit: &str,
+    ) -> Result<CommitPrep, String> {
+        let t = std::time::Instant::now();
+        let state = self.open_state()?;
+        let prepared = self.prepare_loaded(git, loaded, commit, &state)?;
+        let secrets_ms = t.elapsed().as_millis() as u64;
+        let source_commits = self.source_commits(&prepared);
+        tracing::debug!(
+            commit = %crate::status::render::short(commit),
+            secrets_ms,
+            sources_ms = t.elapsed().as_millis() as u64 - secrets_ms,
+            "commit prepared (state, secrets, ls-remote of the sources)"
+        );
+        let transport = self.transport(&prepared.loaded.model);
+        let digests = Arc::new(registries_with(
+            &prepared.loaded.model,
+            &prepared.values,
+            self.http(),
+        ));
+        Ok(CommitPrep {
+            commit: commit.to_string(),
+            made: std::time::Instant::now(),
+            prepared,
+            source_commits,
+            transport,
+            digests,
+        })
+    }
+
+    /// The prepared commit a job of `commit` may run on: the one `load` made, while fresh.
+    fn fresh_prep(&self, commit: &str) -> Option<Arc<CommitPrep>> {
+        let slot = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref()
+            .filter(|p| p.commit == commit && p.made.elapsed() < PREP_FRESH)
+            .cloned()
+    }
+
+    /// Which environments of `out` change at `commit` (the rest are `out.unchanged`), and the
+    /// blockers the plan finds, as problems of their environments; the commit prepared is kept
+    /// for its jobs and the connections they need are opened. Blocking.
+    fn triage(
+        &self,
+        git: &git2::Repository,
+        loaded: crate::config::Loaded,
+        commit: &str,
+        out: &mut Loaded,
+    ) -> Result<(), String> {
+        let prep = self.prepare_commit(git, loaded, commit)?;
+        let state = self.open_state()?;
+        let applied = state.applied().map_err(|e| e.to_string())?;
+        let ctx = context_with(
+            &prep.prepared,
+            commit,
+            "triage".into(),
+            prep.source_commits.clone(),
+        );
+        let plan = plan::plan(
+            Desired {
+                model: &prep.prepared.loaded.model,
+                diagnostics: &prep.prepared.diagnostics,
+            },
+            &applied,
+            &ctx,
+        );
+        // A shared service to change runs with an environment's job: every environment then
+        // gets its job, as before.
+        let shared = plan.services.iter().any(|s| s.operation.is_some());
+        let mut servers = std::collections::BTreeSet::new();
+        for e in &plan.environments {
+            let key = e.key();
+            let Some(problems) = out.environments.get_mut(&key) else {
+                continue;
+            };
+            if e.status == plan::EnvironmentStatus::Blocked {
+                // The config's own problems are there already; the plan's (secrets, placement)
+                // are added.
+                if problems.is_empty() {
+                    problems.extend(e.blockers.iter().map(|f| self.hide(&blocker_line(f))));
+                }
+            } else if e.operation.is_none() && !shared {
+                out.unchanged.insert(key);
+            } else {
+                servers.extend(job_servers(&prep.prepared.loaded.model, &key));
+            }
+        }
+        preconnect(&prep.transport, servers);
+        *self.prepared.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(prep));
+        Ok(())
+    }
+
+    /// The commit of `job`, prepared (loaded, secrets resolved, sources asked). Blocking.
+    fn prepare_job(&self, repo: &Path, job: &Job) -> Result<CommitPrep, String> {
         let commit = resolve_commit(repo, &job.commit)?;
         let git = git2::Repository::open(repo).map_err(|e| e.to_string())?;
         let loaded = crate::config::load_rev(&git, &commit).map_err(|e| e.to_string())?;
-        Ok((commit, loaded))
+        let prep = self.prepare_commit(&git, loaded, &commit)?;
+        preconnect(
+            &prep.transport,
+            job_servers(&prep.prepared.loaded.model, &job.environment),
+        );
+        Ok(prep)
     }
 
-    /// Open the state, resolve the loaded commit's secrets and plan `job`'s environment.
-    /// Blocking: SQLite, decryption and `git ls-remote` of the application sources.
+    /// Plan `job`'s environment of the prepared commit against what is applied now. Blocking
+    /// (SQLite).
     fn plan_job(
         &self,
-        repo: &Path,
+        prep: Arc<CommitPrep>,
         job: &Job,
         operation_id: &str,
-        commit: String,
-        loaded: crate::config::Loaded,
     ) -> Result<Planned, (Outcome, String)> {
         let failed = |e: String| (Outcome::Failed, e);
         let state = self.open_state().map_err(failed)?;
-        let git = git2::Repository::open(repo).map_err(|e| failed(e.to_string()))?;
-        let p = self
-            .prepare_loaded(&git, loaded, &commit, &state)
-            .map_err(failed)?;
-        let mut ctx = self.context(&p, &commit, operation_id.to_string());
+        let commit = prep.commit.clone();
+        let p = &prep.prepared;
+        let mut ctx = context_with(
+            p,
+            &commit,
+            operation_id.to_string(),
+            prep.source_commits.clone(),
+        );
         if job.kind == crate::daemon::queue::JobKind::Heal
             && let Some((app, env)) = job.environment.split_once('/')
         {
@@ -306,25 +462,10 @@ impl EngineDeployer {
             )));
         };
         if env.status == plan::EnvironmentStatus::Blocked {
-            let why: Vec<String> = env
-                .blockers
-                .iter()
-                .map(|f| match &f.location {
-                    Some(l) => format!("{l}: {}", f.message),
-                    None => f.message.clone(),
-                })
-                .collect();
-            return Err((
-                Outcome::Blocked,
-                self.hide(&format!("blocked: {}", why.join("; "))),
-            ));
+            let why: Vec<String> = env.blockers.iter().map(blocker_line).collect();
+            return Err((Outcome::Blocked, self.hide(&why.join("\n"))));
         }
-        Ok(Planned {
-            state,
-            model: p.loaded.model,
-            plan,
-            values: p.values,
-        })
+        Ok(Planned { state, prep, plan })
     }
 
     async fn run_job(
@@ -337,49 +478,39 @@ impl EngineDeployer {
     ) -> Result<(BTreeMap<String, ServiceStatus>, Option<String>), (Outcome, String)> {
         let failed = |e: String| (Outcome::Failed, e);
         let _one = self.serial.lock().await;
-        // Loading and planning block (git, SQLite, decryption, ls-remote): off the runtime's
-        // worker threads. Between the two, the ssh connections this job needs are opened, so
-        // the handshakes overlap with planning instead of delaying the first step.
+        // The commit `load` prepared (secrets, sources, connections opening) when still fresh;
+        // else prepared now, off the runtime's worker threads (git, SQLite, decryption,
+        // ls-remote), the ssh connections opening meanwhile.
         let t = std::time::Instant::now();
+        let (prep, reused) = match self.fresh_prep(&job.commit) {
+            Some(p) => (p, true),
+            None => {
+                let me = self.clone();
+                let (r, j) = (repo.to_path_buf(), job.clone());
+                let p = tokio::task::spawn_blocking(move || me.prepare_job(&r, &j))
+                    .await
+                    .map_err(|e| failed(format!("loading stopped: {e}")))?
+                    .map_err(|e| failed(self.hide(&e)))?;
+                (Arc::new(p), false)
+            }
+        };
         let me = self.clone();
-        let (r, j) = (repo.to_path_buf(), job.clone());
-        let (commit, loaded) = tokio::task::spawn_blocking(move || me.load_job(&r, &j))
-            .await
-            .map_err(|e| failed(format!("loading stopped: {e}")))?
-            .map_err(failed)?;
-        let identity = self
-            .ssh_key
-            .clone()
-            .unwrap_or_else(SshSettings::default_identity_file);
-        let transport = Arc::new(Transports::for_model(
-            &loaded.model,
-            SshSettings::new(self.state_dir.join("ssh"), identity),
-        ));
-        for server in job_servers(&loaded.model, &job.environment) {
-            let t = transport.clone();
-            tokio::spawn(async move {
-                let _ = t.connect(&server).await;
-            });
-        }
-        let me = self.clone();
-        let (r, j, id) = (repo.to_path_buf(), job.clone(), operation_id.to_string());
-        let Planned {
-            state,
-            model,
-            plan,
-            values,
-        } = tokio::task::spawn_blocking(move || me.plan_job(&r, &j, &id, commit, loaded))
-            .await
-            .map_err(|e| failed(format!("planning stopped: {e}")))??;
+        let (j, id) = (job.clone(), operation_id.to_string());
+        let Planned { state, prep, plan } =
+            tokio::task::spawn_blocking(move || me.plan_job(prep, &j, &id))
+                .await
+                .map_err(|e| failed(format!("planning stopped: {e}")))??;
         tracing::info!(
             operation = operation_id,
             ms = t.elapsed().as_millis() as u64,
+            reused_prepared_commit = reused,
             "planned"
         );
-        let model = &model;
+        let model = &prep.prepared.loaded.model;
+        let values = &prep.prepared.values;
         let secret_values = values.clone();
         let run = PlanRun {
-            transport,
+            transport: prep.transport.clone(),
             state: state.clone(),
             observer: log,
             redactor: self.redactor.clone(),
@@ -390,7 +521,7 @@ impl EngineDeployer {
                     .cloned()
                     .ok_or_else(|| format!("no secret {path} among the decrypted secrets"))
             }))),
-            digests: Some(Arc::new(registries(model, &values))),
+            digests: Some(prep.digests.clone()),
         };
         let shutdown = Shutdown::new();
         let trigger = shutdown.clone();
@@ -433,8 +564,11 @@ impl Deployer for EngineDeployer {
     fn load(&self, repo: &Path, commit: &str) -> Loaded {
         let loaded = git2::Repository::open(repo)
             .map_err(|e| e.to_string())
-            .and_then(|git| crate::config::load_rev(&git, commit).map_err(|e| e.to_string()));
-        let loaded = match loaded {
+            .and_then(|git| {
+                let loaded = crate::config::load_rev(&git, commit).map_err(|e| e.to_string())?;
+                Ok((git, loaded))
+            });
+        let (git, loaded) = match loaded {
             Ok(l) => l,
             Err(e) => {
                 return Loaded {
@@ -478,6 +612,12 @@ impl Deployer for EngineDeployer {
                     .or_default()
                     .push(line),
             }
+        }
+        if out.project_problems.is_empty()
+            && let Err(e) = self.triage(&git, loaded, commit, &mut out)
+        {
+            // Each job then prepares its commit itself and finds out.
+            tracing::warn!(error = %self.hide(&e), "cannot plan the commit ahead of its jobs");
         }
         out
     }
@@ -744,6 +884,51 @@ fn execution_tree(exec: &crate::state::ExecutionRecord) -> Option<OperationNode>
     (!exec.operations.is_empty()).then(|| build(&exec.operations, 0, &node_of))
 }
 
+fn context_with(
+    p: &Prepared,
+    commit: &str,
+    operation_prefix: String,
+    source_commits: BTreeMap<String, String>,
+) -> PlanContext {
+    PlanContext {
+        config_commit: commit.to_string(),
+        source_commits,
+        operation_prefix,
+        request: plan::Request::Deploy,
+        secrets: p.secret_states.clone(),
+    }
+}
+
+/// Open the ssh connections to `servers` in the background (on the runtime, also from a
+/// blocking thread), so that the first step does not wait for a handshake. A failure is left
+/// for the first step to report: it connects again.
+fn preconnect(transport: &Arc<Transports>, servers: impl IntoIterator<Item = String>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    for server in servers {
+        let t = transport.clone();
+        runtime.spawn(async move {
+            let started = std::time::Instant::now();
+            let r = t.connect(&server).await;
+            tracing::debug!(
+                server,
+                ok = r.is_ok(),
+                ms = started.elapsed().as_millis() as u64,
+                "ssh connection opened ahead of the first step"
+            );
+        });
+    }
+}
+
+/// A plan blocker as one line: `file:line:col: message` (the hint is in the plan's output).
+pub fn blocker_line(f: &Finding) -> String {
+    match &f.location {
+        Some(l) if !f.message.starts_with(l.as_str()) => format!("{l}: {}", f.message),
+        _ => f.message.clone(),
+    }
+}
+
 /// The servers a deploy of `environment` may run steps on: its services' servers, the servers
 /// of the shared services it attaches to, and the builders.
 fn job_servers(model: &Model, environment: &str) -> Vec<String> {
@@ -851,6 +1036,15 @@ pub fn registries(
     model: &Model,
     secrets: &BTreeMap<String, String>,
 ) -> crate::execute::HttpDigestResolver {
+    registries_with(model, secrets, crate::execute::HttpDigestResolver::client())
+}
+
+/// `registries` on an existing HTTP client.
+pub fn registries_with(
+    model: &Model,
+    secrets: &BTreeMap<String, String>,
+    client: reqwest::Client,
+) -> crate::execute::HttpDigestResolver {
     let value = |v: &Option<Value>| match v {
         Some(Value::Plain(s)) => Some(s.clone()),
         Some(Value::Secret(r)) => secrets.get(&r.display_path()).cloned(),
@@ -877,7 +1071,7 @@ pub fn registries(
             )
         })
         .collect();
-    crate::execute::HttpDigestResolver::new(access)
+    crate::execute::HttpDigestResolver::with_client(access, client)
 }
 
 pub fn random_key() -> String {
@@ -913,13 +1107,35 @@ pub fn resolve_secrets(
                 secret_states.insert(
                     path,
                     plan::SecretState::Undecryptable {
-                        reason: e.to_string(),
+                        reason: undecryptable_reason(&r, &e),
                     },
                 );
             }
         }
     }
     (secret_states, values)
+}
+
+/// Why `r` cannot be resolved, as it follows `secret <file.key> cannot be decrypted: ` in the
+/// planner's blocker (whose location is the reference's): the innermost cause, without the
+/// reference's location and name again. A file fails as a whole when one of its values does not
+/// authenticate; for the other keys of that file, the cause says that it is another key.
+fn undecryptable_reason(r: &SecretRef, e: &crate::secrets::SecretsError) -> String {
+    use crate::secrets::SecretsError as E;
+    let own = r.key_path.join(".");
+    match e.root() {
+        E::Tampered { file, path } if *path != own => format!(
+            "{file} does not decrypt: the value of another key, `{path}`, does not authenticate (it was changed, or moved from another key)"
+        ),
+        E::BadValue {
+            file,
+            path,
+            message,
+        } if *path != own => {
+            format!("{file} does not decrypt: the value of another key, `{path}`: {message}")
+        }
+        root => root.to_string(),
+    }
 }
 
 pub fn secret_refs(model: &Model) -> Vec<SecretRef> {
@@ -1095,6 +1311,61 @@ mod tests {
             error: None,
             tree: None,
         }
+    }
+
+    /// The example config with `mail_password` of secrets/shop-production.sops.yaml altered,
+    /// planned: production's two secrets are blocked, one line each, naming their own key.
+    #[test]
+    fn two_undecryptable_secrets_of_one_environment_are_one_line_each_naming_their_own_key() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config-repo");
+        let loaded = crate::config::load_dir(&root).unwrap();
+        let ids =
+            Identities::from_file(&root.join("TEST-ONLY-age-key.txt")).expect("test-only key");
+        let mut resolver = Resolver::new(ids, Redactor::new());
+        for (stem, file) in &loaded.model.secret_files {
+            let mut bytes = std::fs::read(root.join(&file.path)).unwrap();
+            if file.path == "secrets/shop-production.sops.yaml" {
+                let text = String::from_utf8(bytes).unwrap();
+                assert!(text.contains("mail_password: ENC[AES256_GCM,data:/DVU"));
+                bytes = text
+                    .replace(
+                        "mail_password: ENC[AES256_GCM,data:/DVU",
+                        "mail_password: ENC[AES256_GCM,data:/DVV",
+                    )
+                    .into_bytes();
+            }
+            resolver.add_file(stem, &file.path, bytes);
+        }
+        let (secrets, _) = resolve_secrets(&resolver, &loaded.model, "k");
+        let ctx = PlanContext {
+            config_commit: COMMIT.into(),
+            source_commits: BTreeMap::new(),
+            operation_prefix: "op".into(),
+            request: plan::Request::Deploy,
+            secrets,
+        };
+        let diagnostics = scoped_findings(&loaded.diagnostics);
+        let plan = plan::plan(
+            Desired {
+                model: &loaded.model,
+                diagnostics: &diagnostics,
+            },
+            &plan::Applied::default(),
+            &ctx,
+        );
+        let prod = plan.environment("shop", "production").unwrap();
+        let lines: Vec<String> = prod.blockers.iter().map(blocker_line).collect();
+        assert_eq!(
+            lines,
+            [
+                "applications/shop/environments/production.yaml:49:21: secret shop-production.app_key cannot be decrypted: secrets/shop-production.sops.yaml does not decrypt: the value of another key, `mail_password`, does not authenticate (it was changed, or moved from another key)",
+                "applications/shop/environments/production.yaml:50:27: secret shop-production.mail_password cannot be decrypted: secrets/shop-production.sops.yaml: `mail_password`: the encrypted value does not authenticate: it was changed, or moved from another key",
+            ]
+        );
+        assert_eq!(
+            plan.environment("shop", "staging").unwrap().status,
+            plan::EnvironmentStatus::Changed
+        );
     }
 
     #[test]

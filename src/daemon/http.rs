@@ -178,6 +178,7 @@ fn handle_webhook(
                 "{forge_name} push{}",
                 git_ref.map(|r| format!(" {r}")).unwrap_or_default()
             );
+            tracing::info!(forge = forge_name, delivery = ?delivery.id, "webhook received: {reason}");
             let _ = s.triggers.send(Trigger::Fetch { reason });
             "fetch queued\n"
         }

@@ -178,6 +178,19 @@ impl Queue {
         slot.failed = Some(commit.to_string());
     }
 
+    /// `commit` changes nothing in `environment`: when the environment is idle (nothing running,
+    /// no deploy queued) it counts as applied without a job, and `true` is returned. A busy
+    /// environment is left to its jobs (`false`): what is applied is about to change.
+    pub fn unchanged(&mut self, environment: &str, commit: &str) -> bool {
+        let slot = self.slots.entry(environment.to_string()).or_default();
+        if slot.running.is_some() || slot.queued.iter().any(|j| j.kind != JobKind::Migrate) {
+            return false;
+        }
+        slot.applied = Some(commit.to_string());
+        slot.failed = None;
+        true
+    }
+
     pub fn depth(&self) -> usize {
         self.slots.values().map(|s| s.queued.len()).sum()
     }
@@ -228,6 +241,28 @@ mod tests {
         q.finished(&started[0], true);
         assert_eq!(q.start_ready(), [deploy("ccccccc3")]);
         assert_eq!(q.depth(), 0);
+    }
+
+    #[test]
+    fn an_unchanged_commit_counts_as_applied_only_in_an_idle_environment() {
+        let mut q = Queue::default();
+        q.seed(
+            "shop/production",
+            Some("aaaaaaa1".into()),
+            Some("bbbbbbb2".into()),
+        );
+        assert!(q.unchanged("shop/production", "ccccccc3"));
+        assert_eq!(
+            q.offer(deploy("ccccccc3")),
+            Offer::Skipped("ccccccc is applied".into())
+        );
+        assert_eq!(q.depth(), 0);
+        // Busy: a running deploy changes what is applied; the new commit's job decides.
+        assert_eq!(q.offer(deploy("ddddddd4")), Offer::Queued);
+        let started = q.start_ready();
+        assert!(!q.unchanged("shop/production", "eeeeeee5"));
+        q.finished(&started[0], true);
+        assert_eq!(q.offer(deploy("eeeeeee5")), Offer::Queued);
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct Loaded {
     /// Problems that block every environment (keystone.yaml, servers, shared services).
     pub project_problems: Vec<String>,
     pub servers: Vec<String>,
+    /// Environments whose plan at this commit is empty against what is applied now: nothing
+    /// to run. An idle one of them is recorded as synced to the commit without an operation.
+    pub unchanged: std::collections::BTreeSet<String>,
 }
 
 /// The result of one job.
@@ -477,6 +480,7 @@ impl Daemon {
         tracing::info!(reason, "fetching the config repository");
         let mirror = self.mirror.clone();
         let branch = self.settings.tracked_branch.clone();
+        let started = Instant::now();
         let fetched = tokio::task::spawn_blocking(move || {
             mirror.fetch(None)?;
             mirror.tip(&branch)
@@ -485,16 +489,25 @@ impl Daemon {
         let tip = match fetched {
             Ok(Ok(Some(tip))) => {
                 self.metrics.fetch("ok");
+                tracing::info!(
+                    tip = %status::render::short(&tip),
+                    ms = started.elapsed().as_millis() as u64,
+                    "fetched"
+                );
                 tip
             }
             Ok(Ok(None)) => {
                 self.metrics.fetch("no_branch");
-                tracing::warn!(branch = %self.settings.tracked_branch, "the tracked branch does not exist");
+                let branches = self.mirror.branches();
+                tracing::warn!(
+                    "{}",
+                    missing_branch(&self.mirror.url, &self.settings.tracked_branch, &branches)
+                );
                 return;
             }
             Ok(Err(e)) => {
                 self.metrics.fetch("error");
-                tracing::warn!(error = %e, "fetch failed");
+                tracing::warn!("fetch failed: {e}");
                 return;
             }
             Err(_) => return,
@@ -510,9 +523,16 @@ impl Daemon {
         let deployer = self.deployer.clone();
         let repo = self.mirror.path.clone();
         let commit = tip.clone();
+        let started = Instant::now();
         let loaded = tokio::task::spawn_blocking(move || deployer.load(&repo, &commit))
             .await
             .unwrap_or_default();
+        tracing::info!(
+            commit = %status::render::short(&tip),
+            ms = started.elapsed().as_millis() as u64,
+            unchanged = loaded.unchanged.len(),
+            "commit loaded and planned"
+        );
         if let Some(s) = &loaded.settings {
             let mut s = s.clone();
             if let Some(b) = &self.branch_override {
@@ -548,6 +568,8 @@ impl Daemon {
         }
 
         let mut blocked = Vec::new();
+        let mut unchanged = Vec::new();
+        let mut blocked_envs = 0;
         let mut envs: BTreeMap<String, Vec<String>> = loaded.environments.clone();
         if !loaded.project_problems.is_empty() {
             // A broken keystone.yaml or shared resource blocks every environment we know of.
@@ -566,7 +588,26 @@ impl Daemon {
                 .entry(key.clone())
                 .or_insert_with(|| EnvironmentStatus::new(app, name));
             env.desired_commit = Some(tip.clone());
-            if problems.is_empty() {
+            if problems.is_empty()
+                && loaded.unchanged.contains(&key)
+                && self.queue.unchanged(&key, &tip)
+            {
+                // Nothing of this environment changes: no operation, no status commit of its
+                // own; it is at the new commit now.
+                tracing::info!(environment = %key, "new commit: nothing to change");
+                env.problems.clear();
+                env.last_applied = Some(CommitMark {
+                    commit: tip.clone(),
+                    at: now,
+                });
+                env.sync = SyncState::Synced;
+                env.sync_reason = None;
+                env.roll_up_health();
+                self.metrics.environment_state(&key, env.health, env.sync);
+                unchanged.push(format!(
+                    "{key}: nothing to change, synced without an operation"
+                ));
+            } else if problems.is_empty() {
                 env.problems.clear();
                 let offer = self.queue.offer(Job {
                     environment: key.clone(),
@@ -605,7 +646,8 @@ impl Daemon {
                 });
                 env.problems = problems.clone();
                 self.metrics.reconcile(&key, "blocked", 0.0, now.0);
-                blocked.push(format!("{key}: {}", problems.join("; ")));
+                blocked_envs += 1;
+                blocked.extend(problems.iter().map(|p| format!("{key}: {p}")));
             }
             env.roll_up_health();
         }
@@ -616,10 +658,11 @@ impl Daemon {
             format!(
                 "commit {} blocked for {} environment{}",
                 status::render::short(&tip),
-                blocked.len(),
-                if blocked.len() == 1 { "" } else { "s" }
+                blocked_envs,
+                if blocked_envs == 1 { "" } else { "s" }
             )
         };
+        blocked.extend(unchanged);
         self.write_status(&subject, &blocked, now).await;
         self.start_ready(done).await;
     }
@@ -744,7 +787,7 @@ impl Daemon {
                         job.kind.as_str(),
                         status::render::short(&job.commit),
                         dep.outcome,
-                        dep.error.as_deref().unwrap_or("see the operation log")
+                        first_of_lines(dep.error.as_deref())
                     )),
                 ),
             };
@@ -762,7 +805,12 @@ impl Daemon {
             &job.commit,
             dep.outcome,
         );
-        let details: Vec<String> = dep.error.iter().cloned().collect();
+        // One line per problem (a blocked plan has one per blocker).
+        let details: Vec<String> = dep
+            .error
+            .iter()
+            .flat_map(|e| e.lines().map(str::to_string))
+            .collect();
         self.write_status(&subject, &details, now).await;
         if !self.cancel.is_cancelled() {
             self.start_ready(done).await;
@@ -880,6 +928,31 @@ impl Daemon {
     }
 }
 
+/// The tracked branch is not in the config repository: what to do.
+pub fn missing_branch(url: &str, branch: &str, branches: &[String]) -> String {
+    let there = if branches.is_empty() {
+        "it has no branches yet".to_string()
+    } else {
+        format!("its branches: {}", branches.join(", "))
+    };
+    format!(
+        "config repository {url} has no branch {branch:?} ({there}): push the config to {branch:?} (keystone.yaml's reconcile.branch is read from there); the daemon deploys nothing until then and fetches again at the next poll or webhook"
+    )
+}
+
+/// The first line of an error, with how many more follow (in the status commit's message).
+fn first_of_lines(error: Option<&str>) -> String {
+    let Some(e) = error else {
+        return "see the operation log".into();
+    };
+    let mut lines = e.lines();
+    let first = lines.next().unwrap_or_default().to_string();
+    match lines.count() {
+        0 => first,
+        n => format!("{first} (and {n} more)"),
+    }
+}
+
 /// `20261203T174205-e4f5a6b-shop-production-deploy-3f2a`: unique per start and path-safe.
 pub fn operation_id(now: Timestamp, job: &Job) -> String {
     let stamp = now
@@ -952,4 +1025,30 @@ struct ServerFile {
     name: String,
     #[serde(flatten)]
     status: ServerStatus,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tracked_branch_says_which_branches_there_are_and_what_to_do() {
+        assert_eq!(
+            missing_branch("/srv/config.git", "main", &["master".into()]),
+            "config repository /srv/config.git has no branch \"main\" (its branches: master): push the config to \"main\" (keystone.yaml's reconcile.branch is read from there); the daemon deploys nothing until then and fetches again at the next poll or webhook"
+        );
+        assert!(
+            missing_branch("/srv/config.git", "main", &[]).contains("(it has no branches yet)")
+        );
+    }
+
+    #[test]
+    fn an_error_of_several_lines_shows_its_first_and_how_many_more() {
+        assert_eq!(
+            first_of_lines(Some("a: x\nb: y\nc: z")),
+            "a: x (and 2 more)"
+        );
+        assert_eq!(first_of_lines(Some("a: x")), "a: x");
+        assert_eq!(first_of_lines(None), "see the operation log");
+    }
 }

@@ -177,8 +177,14 @@ async fn execute_part(
             reason: "shutdown requested".into(),
         });
     }
+    let started = std::time::Instant::now();
     let execution = run.state.begin_execution(environment, Some(commit), op)?;
     let recorder = Arc::new(run.state.recorder(execution));
+    tracing::debug!(
+        operation = %op.id,
+        ms = started.elapsed().as_millis() as u64,
+        "execution recorded in the state"
+    );
     let observers = Observers(vec![recorder.clone(), run.observer.clone()]);
     let mut exec = Executor::new(
         run.transport.clone(),

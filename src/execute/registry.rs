@@ -55,12 +55,25 @@ pub struct HttpDigestResolver {
 impl HttpDigestResolver {
     /// `registries` by config name.
     pub fn new(registries: std::collections::BTreeMap<String, RegistryAccess>) -> Self {
-        let client = reqwest::Client::builder()
+        Self::with_client(registries, Self::client())
+    }
+
+    /// `new` on an existing client. Building one loads the system's root certificates (OpenSSL),
+    /// hundreds of milliseconds on a loaded machine: a long-running caller builds it once.
+    pub fn with_client(
+        registries: std::collections::BTreeMap<String, RegistryAccess>,
+        client: reqwest::Client,
+    ) -> Self {
+        Self { registries, client }
+    }
+
+    /// The HTTP client `new` uses (cheap to clone: clones share it).
+    pub fn client() -> reqwest::Client {
+        reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .timeout(std::time::Duration::from_secs(30))
             .build()
-            .expect("the HTTP client builds");
-        Self { registries, client }
+            .expect("the HTTP client builds")
     }
 
     fn access(&self, host: &str, registry: Option<&str>) -> Result<RegistryAccess, String> {

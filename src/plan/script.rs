@@ -84,10 +84,12 @@ impl RegistryLogin {
 }
 
 /// Lines that log in to a registry with a throw-away `DOCKER_CONFIG` (under `dir`, removed with
-/// it), reading the credentials from stdin.
+/// it), reading the credentials from stdin. What `docker login` says on stderr is shown only
+/// when it fails: on success it is only the warning that the throw-away config.json holds the
+/// token unencrypted.
 fn login_lines(login: &RegistryLogin, docker_config: &str) -> String {
     format!(
-        "mkdir -p {dc}\nexport DOCKER_CONFIG={dc}\nIFS= read -r registry_user\nIFS= read -r registry_password\nprintf '%s\\n' \"$registry_password\" | docker login --username \"$registry_user\" --password-stdin {host} >/dev/null\nunset registry_password\n",
+        "mkdir -p {dc}\nexport DOCKER_CONFIG={dc}\nIFS= read -r registry_user\nIFS= read -r registry_password\nprintf '%s\\n' \"$registry_password\" | docker login --username \"$registry_user\" --password-stdin {host} >/dev/null 2>\"$DOCKER_CONFIG/login.err\" || {{ cat \"$DOCKER_CONFIG/login.err\" >&2; exit 1; }}\nunset registry_password\n",
         dc = quote(docker_config),
         host = quote(&login.host),
     )
