@@ -10,6 +10,7 @@ pub mod drivers;
 pub mod execute;
 pub mod health;
 pub mod model;
+pub mod parallel;
 pub mod plan;
 pub mod render;
 pub mod secrets;

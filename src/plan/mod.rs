@@ -302,8 +302,6 @@ pub fn plan(desired: Desired<'_>, applied: &Applied, ctx: &PlanContext) -> Plan 
             )
             .collect(),
     };
-    let mut environments = Vec::new();
-
     // Every environment the config names (valid or not), every one that was deployed.
     let mut keys: BTreeMap<(String, String), ()> = BTreeMap::new();
     for app in model.applications.values() {
@@ -322,6 +320,7 @@ pub fn plan(desired: Desired<'_>, applied: &Applied, ctx: &PlanContext) -> Plan 
         }
     }
 
+    let mut todo = Vec::new();
     for (app, env) in keys.into_keys() {
         if let Some((a, e)) = ctx.request.only()
             && (a != app || e != env)
@@ -334,10 +333,14 @@ pub fn plan(desired: Desired<'_>, applied: &Applied, ctx: &PlanContext) -> Plan 
             .filter(|d| d.scope.blocks(&app, &env))
             .map(|d| d.finding.clone())
             .collect();
-        environments.push(environment::plan_environment(
-            model, applied, ctx, &alloc, &app, &env, blockers,
-        ));
+        todo.push((app, env, blockers));
     }
+    // Environments plan independently (the allocations above are shared, read-only): on the
+    // available cores, each result at its environment's place, so the plan does not depend on
+    // threads.
+    let environments = crate::parallel::map(todo, |(app, env, blockers)| {
+        environment::plan_environment(model, applied, ctx, &alloc, &app, &env, blockers)
+    });
 
     Plan {
         config_commit: ctx.config_commit.clone(),
