@@ -12,6 +12,7 @@ pub mod health;
 pub mod model;
 pub mod parallel;
 pub mod plan;
+pub mod prepare;
 pub mod render;
 pub mod secrets;
 pub mod shell;
