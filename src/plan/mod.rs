@@ -365,7 +365,14 @@ pub fn diff(
 ) -> Plan {
     let base_plan = plan(base, applied, base_ctx);
     let projected = base_plan.projected(applied);
+    // Only the projection of the base plan is needed: its operation trees are freed on another
+    // thread while the head is planned.
+    // (When no thread can be started, the closure and the plan with it are dropped here.)
+    let freed = std::thread::Builder::new().spawn(move || drop(base_plan));
     let mut head_plan = plan(head, &projected, head_ctx);
     head_plan.base_commit = Some(base_ctx.config_commit.clone());
+    if let Ok(t) = freed {
+        let _ = t.join();
+    }
     head_plan
 }
