@@ -8,6 +8,16 @@ use std::time::Instant;
 use keystone::config;
 use keystone::plan::{self, Desired, ScopedFinding};
 
+/// User + system CPU time of this process so far (all threads): on a shared machine the wall
+/// time depends on the load, this does not.
+fn cpu_time() -> std::time::Duration {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let d = |t: libc::timeval| std::time::Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    d(u.ru_utime) + d(u.ru_stime)
+}
+
 fn scoped(l: &config::Loaded) -> Vec<ScopedFinding> {
     assert!(l.diagnostics.is_empty(), "{}", l.render_diagnostics());
     Vec::new()
@@ -62,9 +72,11 @@ fn main() {
     let (bc, hc) = (ctx("a1b2c3d"), ctx("e4f5a6b"));
 
     let mut best = f64::MAX;
+    let mut best_cpu = f64::MAX;
     let mut comment = String::new();
     for _ in 0..5 {
         let t = Instant::now();
+        let c = cpu_time();
         let p = plan::diff(
             Desired {
                 model: &base.model,
@@ -79,12 +91,14 @@ fn main() {
             &Default::default(),
         );
         best = best.min(t.elapsed().as_secs_f64() * 1000.0);
+        best_cpu = best_cpu.min((cpu_time() - c).as_secs_f64() * 1000.0);
         comment = plan::output::markdown(&p, 1);
     }
     let t = Instant::now();
     let _ = keystone::drivers::laravel::allocate_host_ports(&base.model, &Default::default());
     let alloc_ms = t.elapsed().as_secs_f64() * 1000.0;
     println!("plan + diff of two commits: {best:.1} ms (best of 5; target < 500 ms)");
+    println!("  CPU time (all threads): {best_cpu:.1} ms (best of 5)");
     println!(
         "  of which drivers::laravel::allocate_host_ports for a first deploy: {alloc_ms:.1} ms"
     );

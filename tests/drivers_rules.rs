@@ -574,3 +574,52 @@ fn host_ports_are_stable_per_server() {
     let next = laravel::allocate_host_ports(&model, &moved).unwrap();
     assert_eq!(next[&k("production", "web", 2)], pa("web-2", 20000));
 }
+
+#[test]
+fn host_ports_run_out_per_server_and_name_each_replica_left_over() {
+    // 10,000 production web replicas alternate over web-1 and web-2: 5,000 each, exactly the
+    // 5,000 pairs of 20000-29999. The staging web replica (web-1) and the production worker
+    // (web-2) come after them in replica order and find no pair left.
+    let mut model = support::example_model();
+    env_mut(&mut model, "production")
+        .services
+        .get_mut("web")
+        .unwrap()
+        .replicas = 10_000;
+    let errors = laravel::allocate_host_ports(&model, &BTreeMap::new()).unwrap_err();
+    let left: Vec<(String, String)> = errors
+        .iter()
+        .map(|e| {
+            let laravel::AllocError::HostPortsExhausted {
+                replica, server, ..
+            } = e;
+            (replica.to_string(), server.clone())
+        })
+        .collect();
+    assert_eq!(
+        left,
+        vec![
+            ("shop/production/worker#1".to_string(), "web-2".to_string()),
+            ("shop/staging/web#1".to_string(), "web-1".to_string()),
+        ]
+    );
+    // Two fewer: each server keeps its highest pair for the replica after the web ones.
+    env_mut(&mut model, "production")
+        .services
+        .get_mut("web")
+        .unwrap()
+        .replicas = 9_998;
+    let ports = laravel::allocate_host_ports(&model, &BTreeMap::new()).unwrap();
+    let pa = |server: &str| PortAssignment {
+        server: server.into(),
+        base: 29998,
+    };
+    assert_eq!(
+        ports[&ReplicaKey::new("shop", "staging", "web", 1)],
+        pa("web-1")
+    );
+    assert_eq!(
+        ports[&ReplicaKey::new("shop", "production", "worker", 1)],
+        pa("web-2")
+    );
+}

@@ -2,6 +2,11 @@
 //! [--format text|markdown|json] [--pr N]`: the plan of a config commit (or of the working tree),
 //! or with `--base/--head` what merging head changes (the pull-request view). Exit code 1 when
 //! any environment is blocked.
+//!
+//! Secrets are decrypted with the available age identity (`--age-key-file`, else where sops
+//! looks: `SOPS_AGE_KEY`, `SOPS_AGE_KEY_FILE`, `~/.config/sops/age/keys.txt`): a changed secret
+//! shows as `(secret, changed)` (never its value), one that cannot be decrypted blocks the
+//! environments using it. Without an identity the plan says the secrets were not checked.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -11,7 +16,9 @@ use anyhow::{Context, bail};
 use clap::{Args as ClapArgs, ValueEnum};
 
 use keystone::config::{self, Loaded};
-use keystone::plan::{self, Applied, Desired, PlanContext, Scope, ScopedFinding};
+use keystone::plan::{self, Applied, Desired, PlanContext};
+use keystone::prepare::{self, Prepared, SecretSource};
+use keystone::secrets::{Identities, Redactor, SecretsError};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum FormatArg {
@@ -42,30 +49,15 @@ pub struct Args {
     /// Pull request number for the markdown marker.
     #[arg(long, default_value_t = 0)]
     pub pr: u64,
-}
-
-/// The loader's diagnostics as the planner's scoped findings.
-pub fn scoped(loaded: &Loaded) -> Vec<ScopedFinding> {
-    loaded
-        .diagnostics
-        .iter()
-        .map(|d| ScopedFinding {
-            scope: match &d.scope {
-                config::Scope::Project => Scope::Project,
-                config::Scope::Application { app } => Scope::Application { app: app.clone() },
-                config::Scope::Environment { app, env } => Scope::Environment {
-                    app: app.clone(),
-                    env: env.clone(),
-                },
-            },
-            finding: plan::Finding {
-                code: d.code.to_string(),
-                location: Some(format!("{}:{}:{}", d.file, d.line, d.column)),
-                message: d.message.clone(),
-                hint: d.hint.clone(),
-            },
-        })
-        .collect()
+    /// age identity to decrypt the config's secrets with (default: SOPS_AGE_KEY_FILE,
+    /// SOPS_AGE_KEY, ~/.config/sops/age/keys.txt). With --state it also reads the state's
+    /// fingerprint key, so secrets compare with what is deployed.
+    #[arg(long)]
+    pub age_key_file: Option<PathBuf>,
+    /// Ask each application source which commit its environments' refs point at
+    /// (`git ls-remote`, with the deploy key), as the daemon does; default: "resolved at build".
+    #[arg(long)]
+    pub resolve_sources: bool,
 }
 
 fn context(commit: &str) -> PlanContext {
@@ -101,45 +93,139 @@ fn open_repo(path: &Path) -> anyhow::Result<git2::Repository> {
     })
 }
 
+/// How this run checks secrets: the identities and the key fingerprints are made with, or why
+/// they are not checked.
+struct Secrets {
+    identities: Option<Identities>,
+    fingerprint_key: String,
+    redactor: Redactor,
+}
+
+fn secrets(args: &Args, state: Option<&keystone::state::State>) -> anyhow::Result<Secrets> {
+    let redactor = Redactor::new();
+    let unchecked = |why: &str| -> anyhow::Result<Secrets> {
+        eprintln!("keystone: secrets not checked: {why}");
+        Ok(Secrets {
+            identities: None,
+            fingerprint_key: String::new(),
+            redactor: redactor.clone(),
+        })
+    };
+    let identities = match Identities::discover(args.age_key_file.as_deref()) {
+        Ok(ids) => ids,
+        Err(SecretsError::NoIdentity) => {
+            return unchecked(
+                "no age identity; pass --age-key-file (or set SOPS_AGE_KEY_FILE) to see which secrets changed or cannot be decrypted",
+            );
+        }
+        Err(e) => return Err(e).context("cannot read the age identity"),
+    };
+    let fingerprint_key = match state {
+        // Without a state nothing is deployed: base and head compare with each other, under a
+        // key of this run.
+        None => keystone::daemon::engine::random_key(),
+        // What the daemon fingerprints recorded secrets with (created on first use, as the
+        // daemon would), readable with the state's identity.
+        Some(state) => match state.credential(
+            "keystone",
+            "fingerprint-key",
+            keystone::daemon::engine::random_key,
+        ) {
+            Ok(key) => key,
+            Err(keystone::state::StateError::NoIdentity { .. }) => {
+                return unchecked(
+                    "comparing them with the state needs the state's age identity as a file; pass --age-key-file",
+                );
+            }
+            Err(e) => return Err(e).context("cannot read the state's fingerprint key"),
+        },
+    };
+    Ok(Secrets {
+        identities: Some(identities),
+        fingerprint_key,
+        redactor,
+    })
+}
+
+fn prepared(
+    loaded: Loaded,
+    source: SecretSource<'_>,
+    secrets: &Secrets,
+) -> anyhow::Result<Prepared> {
+    prepare::prepare(
+        loaded,
+        source,
+        secrets.identities.clone(),
+        &secrets.redactor,
+        &secrets.fingerprint_key,
+    )
+    .map_err(anyhow::Error::msg)
+    .context("cannot read the secret files")
+}
+
+fn context_for(commit: &str, p: &Prepared, args: &Args) -> PlanContext {
+    let mut ctx = context(commit);
+    ctx.secrets = p.secret_states.clone();
+    if args.resolve_sources {
+        ctx.source_commits = keystone::daemon::engine::source_commits(&p.loaded.model, &p.values);
+    }
+    ctx
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let applied = match &args.state {
-        Some(dir) => keystone::state::State::open(dir)
-            .with_context(|| format!("cannot open the state in {}", dir.display()))?
-            .applied()
-            .context("cannot read the applied state")?,
+    let state = match &args.state {
+        Some(dir) => {
+            let mut state = keystone::state::State::open(dir)
+                .with_context(|| format!("cannot open the state in {}", dir.display()))?;
+            let key_file = args
+                .age_key_file
+                .clone()
+                .or_else(|| std::env::var_os("SOPS_AGE_KEY_FILE").map(PathBuf::from))
+                .filter(|p| !p.as_os_str().is_empty());
+            if let Some(file) = key_file {
+                state = state.with_identity(keystone::state::load_identity(&file)?);
+            }
+            Some(state)
+        }
+        None => None,
+    };
+    let applied = match &state {
+        Some(s) => s.applied().context("cannot read the applied state")?,
         None => Applied::default(),
     };
+    let secrets = secrets(&args, state.as_ref())?;
     let result = match (&args.rev, &args.base, &args.head) {
         (_, Some(base), Some(head)) => {
             let repo = open_repo(&args.repo)?;
             let (b, b_id) = load_rev(&repo, base)?;
             let (h, h_id) = load_rev(&repo, head)?;
-            let (bd, hd) = (scoped(&b), scoped(&h));
+            let b = prepared(b, SecretSource::Commit(&repo, &b_id), &secrets)?;
+            let h = prepared(h, SecretSource::Commit(&repo, &h_id), &secrets)?;
             plan::diff(
                 Desired {
-                    model: &b.model,
-                    diagnostics: &bd,
+                    model: &b.loaded.model,
+                    diagnostics: &b.diagnostics,
                 },
-                &context(&b_id),
+                &context_for(&b_id, &b, &args),
                 Desired {
-                    model: &h.model,
-                    diagnostics: &hd,
+                    model: &h.loaded.model,
+                    diagnostics: &h.diagnostics,
                 },
-                &context(&h_id),
+                &context_for(&h_id, &h, &args),
                 &applied,
             )
         }
         (Some(rev), _, _) => {
             let repo = open_repo(&args.repo)?;
             let (l, id) = load_rev(&repo, rev)?;
-            let d = scoped(&l);
+            let p = prepared(l, SecretSource::Commit(&repo, &id), &secrets)?;
             plan::plan(
                 Desired {
-                    model: &l.model,
-                    diagnostics: &d,
+                    model: &p.loaded.model,
+                    diagnostics: &p.diagnostics,
                 },
                 &applied,
-                &context(&id),
+                &context_for(&id, &p, &args),
             )
         }
         (None, None, None) => {
@@ -148,14 +234,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             let l = config::load_dir(&args.repo)
                 .with_context(|| format!("cannot read {}", args.repo.display()))?;
-            let d = scoped(&l);
+            let p = prepared(l, SecretSource::Dir(&args.repo), &secrets)?;
             plan::plan(
                 Desired {
-                    model: &l.model,
-                    diagnostics: &d,
+                    model: &p.loaded.model,
+                    diagnostics: &p.diagnostics,
                 },
                 &applied,
-                &context("working tree"),
+                &context_for("working tree", &p, &args),
             )
         }
         _ => bail!("--base and --head go together"),
@@ -170,6 +256,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
         .join("\n"),
     };
+    // Plans carry placeholders, never values; redacting is the last line of defence.
+    let out = secrets.redactor.redact(&out);
     std::io::stdout()
         .write_all(out.as_bytes())
         .context("cannot write the plan")?;

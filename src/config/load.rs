@@ -143,6 +143,9 @@ pub fn load(files: &dyn RepoFiles) -> Result<Loaded, LoadError> {
     let mut texts: BTreeMap<String, String> = BTreeMap::new();
     let mut app_dirs: BTreeSet<String> = BTreeSet::new();
 
+    // Read every file first (in path order), parse the YAML ones in parallel, then read them
+    // into the model in path order again: results and diagnostics do not depend on threads.
+    let mut read: Vec<(String, FileKind)> = Vec::new();
     for path in files.files()? {
         let Some(kind) = classify(&path) else {
             continue;
@@ -181,7 +184,16 @@ pub fn load(files: &dyn RepoFiles) -> Result<Loaded, LoadError> {
             app_dirs.insert(app.clone());
         }
         texts.insert(path.clone(), text);
-        read_file(&mut st, &path, &kind, &texts[&path], &mut seen);
+        read.push((path, kind));
+    }
+    let yaml_texts: Vec<Option<&str>> = read
+        .iter()
+        .map(|(path, kind)| is_yaml(kind).then(|| texts[path].as_str()))
+        .collect();
+    let mut parsed = parse_all(&yaml_texts).into_iter();
+    for (path, kind) in &read {
+        let node = parsed.next().flatten();
+        read_file(&mut st, path, kind, &texts[path], node, &mut seen);
     }
 
     // An application directory with environments but no application.yaml.
@@ -275,11 +287,28 @@ fn resource_name(kind: &FileKind) -> Option<(&'static str, &str)> {
     })
 }
 
+/// Whether the file is read through the YAML parser (everything but JSON and dotenv secrets).
+fn is_yaml(kind: &FileKind) -> bool {
+    !matches!(
+        kind,
+        FileKind::Secret(_, SecretFormat::Json | SecretFormat::Dotenv)
+    )
+}
+
+type Parsed = Result<yaml::Node, yaml::SyntaxError>;
+
+/// `yaml::parse` of each text (`None` entries are skipped), on the available cores, results in
+/// input order.
+fn parse_all(texts: &[Option<&str>]) -> Vec<Option<Parsed>> {
+    crate::parallel::map(texts.to_vec(), |t| t.map(yaml::parse))
+}
+
 fn read_file(
     st: &mut State,
     path: &str,
     kind: &FileKind,
     text: &str,
+    parsed: Option<Parsed>,
     seen: &mut BTreeMap<String, String>,
 ) {
     let scope = scope_of(kind);
@@ -381,7 +410,7 @@ fn read_file(
         return;
     }
 
-    let node = match yaml::parse(text) {
+    let node = match parsed.unwrap_or_else(|| yaml::parse(text)) {
         Ok(n) => n,
         Err(e) => {
             let (code, hint) = if e.duplicate_key {

@@ -12,9 +12,9 @@ use super::queue::Job;
 use super::record::OperationLog;
 use super::runtime::{BoxFuture, Deployer, Deployment, Loaded, PlanComment, Settings};
 use crate::execute::{ExecuteOptions, PlanRun, Shutdown, SshSettings, Transports};
-use crate::model::{Model, SecretRef, Value};
-use crate::plan::{self, Desired, Finding, PlanContext, ScopedFinding};
-use crate::secrets::{Identities, Redactor, Resolver};
+use crate::model::{Model, Value};
+use crate::plan::{self, Desired, PlanContext, ScopedFinding};
+use crate::secrets::{Identities, Redactor};
 use crate::state::{State, StateValues};
 use crate::status::{
     Health, OperationNode, OperationRecord, Outcome, ReplicaStatus, ServiceStatus, SyncState,
@@ -249,18 +249,13 @@ impl EngineDeployer {
     ) -> Result<Prepared, String> {
         let identities =
             Identities::discover(self.age_key_file.as_deref()).map_err(|e| e.to_string())?;
-        let mut resolver = Resolver::new(identities, self.redactor.clone());
-        let tree = git
-            .revparse_single(commit)
-            .and_then(|o| o.peel_to_tree())
-            .map_err(|e| e.to_string())?;
-        for (stem, file) in &loaded.model.secret_files {
-            let entry = tree
-                .get_path(Path::new(&file.path))
-                .map_err(|e| format!("{}: {e}", file.path))?;
-            let blob = git.find_blob(entry.id()).map_err(|e| e.to_string())?;
-            resolver.add_file(stem, &file.path, blob.content().to_vec());
-        }
+        let resolver = crate::prepare::resolver_for_commit(
+            git,
+            commit,
+            &loaded.model,
+            identities,
+            self.redactor.clone(),
+        )?;
         let fp_key = state
             .credential("keystone", "fingerprint-key", random_key)
             .map_err(|e| e.to_string())?;
@@ -966,30 +961,8 @@ fn resolve_commit(repo: &Path, rev: &str) -> Result<String, String> {
     Ok(c.id().to_string())
 }
 
-/// The config's diagnostics as the planner's scoped findings.
-pub fn scoped_findings(diagnostics: &[crate::config::Diagnostic]) -> Vec<ScopedFinding> {
-    diagnostics
-        .iter()
-        .map(|d| ScopedFinding {
-            scope: match &d.scope {
-                crate::config::Scope::Project => plan::Scope::Project,
-                crate::config::Scope::Application { app } => {
-                    plan::Scope::Application { app: app.clone() }
-                }
-                crate::config::Scope::Environment { app, env } => plan::Scope::Environment {
-                    app: app.clone(),
-                    env: env.clone(),
-                },
-            },
-            finding: Finding {
-                code: d.code.to_string(),
-                location: Some(d.location()),
-                message: d.message.clone(),
-                hint: d.hint.clone(),
-            },
-        })
-        .collect()
-}
+/// Shared with `keystone plan` and `keystone apply`: src/prepare.rs.
+pub use crate::prepare::{resolve_secrets, scoped_findings, secret_refs};
 
 /// What runs for `app/env` after a converged deploy, from the applied state.
 fn services_status(applied: &plan::Applied, environment: &str) -> BTreeMap<String, ServiceStatus> {
@@ -1076,88 +1049,6 @@ pub fn registries_with(
 
 pub fn random_key() -> String {
     hex::encode(rand::random::<[u8; 32]>())
-}
-
-/// Every `{secret: …}` reference of the model.
-/// Every secret the config references, resolved: its value for the executor's placeholders and its
-/// state for the planner (a keyed fingerprint, or why it cannot be decrypted).
-pub fn resolve_secrets(
-    resolver: &crate::secrets::Resolver,
-    model: &Model,
-    fingerprint_key: &str,
-) -> (
-    BTreeMap<String, plan::SecretState>,
-    BTreeMap<String, String>,
-) {
-    let mut secret_states = BTreeMap::new();
-    let mut values = BTreeMap::new();
-    for r in secret_refs(model) {
-        let path = r.display_path();
-        match resolver.resolve(&r) {
-            Ok(v) => {
-                secret_states.insert(
-                    path.clone(),
-                    plan::SecretState::Fingerprint {
-                        fingerprint: v.fingerprint(fingerprint_key.as_bytes()),
-                    },
-                );
-                values.insert(path, v.expose().to_string());
-            }
-            Err(e) => {
-                secret_states.insert(
-                    path,
-                    plan::SecretState::Undecryptable {
-                        reason: undecryptable_reason(&r, &e),
-                    },
-                );
-            }
-        }
-    }
-    (secret_states, values)
-}
-
-/// Why `r` cannot be resolved, as it follows `secret <file.key> cannot be decrypted: ` in the
-/// planner's blocker (whose location is the reference's): the innermost cause, without the
-/// reference's location and name again. A file fails as a whole when one of its values does not
-/// authenticate; for the other keys of that file, the cause says that it is another key.
-fn undecryptable_reason(r: &SecretRef, e: &crate::secrets::SecretsError) -> String {
-    use crate::secrets::SecretsError as E;
-    let own = r.key_path.join(".");
-    match e.root() {
-        E::Tampered { file, path } if *path != own => format!(
-            "{file} does not decrypt: the value of another key, `{path}`, does not authenticate (it was changed, or moved from another key)"
-        ),
-        E::BadValue {
-            file,
-            path,
-            message,
-        } if *path != own => {
-            format!("{file} does not decrypt: the value of another key, `{path}`: {message}")
-        }
-        root => root.to_string(),
-    }
-}
-
-pub fn secret_refs(model: &Model) -> Vec<SecretRef> {
-    let mut out = Vec::new();
-    let mut add = |v: &Option<Value>| {
-        if let Some(Value::Secret(r)) = v {
-            out.push(r.clone());
-        }
-    };
-    for r in model.registries.values() {
-        add(&r.username);
-        add(&r.password);
-    }
-    for a in model.applications.values() {
-        add(&a.source.deploy_key);
-        for e in a.environments.values() {
-            for (_, v) in &e.variables {
-                add(&Some(v.clone()));
-            }
-        }
-    }
-    out
 }
 
 /// The commit each environment's `ref` names in the application source, asked of the source

@@ -373,13 +373,19 @@ pub fn allocate_host_ports(
         }
     }
     let mut errors = Vec::new();
+    // Per server, the lowest pair that may still be free: every pair below it is taken (pending
+    // replicas take the lowest free pair, and nothing is freed while they do), so the search
+    // resumes there instead of rescanning the range for each replica.
+    let mut cursor: BTreeMap<&str, u16> = BTreeMap::new();
     for (key, server, origin) in pending {
         let t = taken.entry(server).or_default();
         let lo = *HOST_PORT_RANGE.start();
         let hi = *HOST_PORT_RANGE.end();
-        let free = (lo..hi)
+        let from = cursor.entry(server).or_insert(lo);
+        let free = (*from..hi)
             .step_by(2)
             .find(|b| !t.contains(b) && !t.contains(&(b + 1)));
+        *from = free.unwrap_or(hi);
         match free {
             Some(base) => {
                 t.insert(base);

@@ -86,6 +86,8 @@ struct Env<'a> {
     repository: String,
     login: Option<RegistryLogin>,
     variables: Vec<Variable>,
+    /// `variable_fingerprint` of each of `variables` (same order), computed once.
+    variable_fps: Vec<String>,
     facts: drivers::Facts,
 }
 
@@ -313,7 +315,7 @@ pub(super) fn plan_environment(
         format!("{repository}@{digest}")
     };
 
-    let e = Env {
+    let mut e = Env {
         model,
         app,
         env,
@@ -326,8 +328,14 @@ pub(super) fn plan_environment(
         repository: repository.clone(),
         login,
         variables,
+        variable_fps: Vec::new(),
         facts,
     };
+    e.variable_fps = e
+        .variables
+        .iter()
+        .map(|v| variable_fingerprint(&e, v))
+        .collect();
 
     // Desired replicas.
     let holder =
@@ -643,7 +651,8 @@ pub(super) fn plan_environment(
         variables: e
             .variables
             .iter()
-            .map(|v| (v.name.clone(), applied_variable(&e, v)))
+            .zip(&e.variable_fps)
+            .map(|(v, fp)| (v.name.clone(), applied_variable(v, fp)))
             .collect(),
         queue_driver: queue,
     });
@@ -710,11 +719,11 @@ fn variable_fingerprint(e: &Env<'_>, v: &Variable) -> String {
     }
 }
 
-fn applied_variable(e: &Env<'_>, v: &Variable) -> AppliedVariable {
+fn applied_variable(v: &Variable, fingerprint: &str) -> AppliedVariable {
     AppliedVariable {
         source: v.source.clone(),
         value: (!v.secret).then(|| v.value.clone()),
-        fingerprint: variable_fingerprint(e, v),
+        fingerprint: fingerprint.to_string(),
     }
 }
 
@@ -730,8 +739,11 @@ fn replica_fingerprint(e: &Env<'_>, service: &str, scheduler: bool) -> String {
         svc.health.path,
         svc.health.timeout.as_secs(),
     );
-    for v in &e.variables {
-        s.push_str(&format!("{}={}\n", v.name, variable_fingerprint(e, v)));
+    for (v, fp) in e.variables.iter().zip(&e.variable_fps) {
+        s.push_str(&v.name);
+        s.push('=');
+        s.push_str(fp);
+        s.push('\n');
     }
     plain_fingerprint(&s)
 }
@@ -840,10 +852,10 @@ fn compute_changes(
     // Variables.
     let empty_vars = BTreeMap::new();
     let old_vars = a.map(|a| &a.variables).unwrap_or(&empty_vars);
-    for v in &e.variables {
+    for (v, fp) in e.variables.iter().zip(&e.variable_fps) {
         let label = format!("variables.{} ({})", v.name, source_label(&v.source));
         let old = old_vars.get(&v.name);
-        let fp = variable_fingerprint(e, v);
+        let fp = fp.clone();
         if v.secret {
             let unchecked = fp.starts_with("unchecked:");
             match old {

@@ -376,8 +376,6 @@ pub fn plan(desired: Desired<'_>, applied: &Applied, ctx: &PlanContext) -> Plan 
             )
             .collect(),
     };
-    let mut environments = Vec::new();
-
     // Every environment the config names (valid or not), every one that was deployed.
     let mut keys: BTreeMap<(String, String), ()> = BTreeMap::new();
     for app in model.applications.values() {
@@ -396,6 +394,7 @@ pub fn plan(desired: Desired<'_>, applied: &Applied, ctx: &PlanContext) -> Plan 
         }
     }
 
+    let mut todo = Vec::new();
     for (app, env) in keys.into_keys() {
         if let Some((a, e)) = ctx.request.only()
             && (a != app || e != env)
@@ -408,10 +407,14 @@ pub fn plan(desired: Desired<'_>, applied: &Applied, ctx: &PlanContext) -> Plan 
             .filter(|d| d.scope.blocks(&app, &env))
             .map(|d| d.finding.clone())
             .collect();
-        environments.push(environment::plan_environment(
-            model, applied, ctx, &alloc, &app, &env, blockers,
-        ));
+        todo.push((app, env, blockers));
     }
+    // Environments plan independently (the allocations above are shared, read-only): on the
+    // available cores, each result at its environment's place, so the plan does not depend on
+    // threads.
+    let environments = crate::parallel::map(todo, |(app, env, blockers)| {
+        environment::plan_environment(model, applied, ctx, &alloc, &app, &env, blockers)
+    });
 
     Plan {
         config_commit: ctx.config_commit.clone(),
@@ -438,8 +441,15 @@ pub fn diff(
     let servers = server_changes(base.model, head.model);
     let base_plan = plan(base, applied, base_ctx);
     let projected = base_plan.projected(applied);
+    // Only the projection of the base plan is needed: its operation trees are freed on another
+    // thread while the head is planned.
+    // (When no thread can be started, the closure and the plan with it are dropped here.)
+    let freed = std::thread::Builder::new().spawn(move || drop(base_plan));
     let mut head_plan = plan(head, &projected, head_ctx);
     head_plan.base_commit = Some(base_ctx.config_commit.clone());
     head_plan.servers = servers;
+    if let Ok(t) = freed {
+        let _ = t.join();
+    }
     head_plan
 }

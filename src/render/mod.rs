@@ -561,6 +561,10 @@ pub fn dotenv_quote(value: &str) -> String {
 /// only while executing must round-trip through the env-file parser like any other.
 pub fn dotenv_escape(value: &str) -> String {
     let escaped = dotenv_escape_raw(value);
+    if !escaped.contains("{{") {
+        // No placeholder to mark (most values): skip the regex.
+        return escaped;
+    }
     SECRET_TOKEN
         .replace_all(&escaped, "{{$1:$2|dotenv}}")
         .into_owned()

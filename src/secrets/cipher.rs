@@ -2,7 +2,7 @@
 //! IV, the key path as additional data and the tag stored apart from the ciphertext.
 
 use aes_gcm::aead::consts::{U12, U32};
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::aes::Aes256;
 use aes_gcm::{AesGcm, Nonce};
 use base64::Engine as _;
@@ -83,52 +83,115 @@ fn parse(value: &str) -> Result<Parsed, CipherError> {
     })
 }
 
+/// The data key, keyed once for every value of a file (AES key schedule and GHASH key).
+pub struct Cipher {
+    sops: SopsGcm,
+    std: StdGcm,
+}
+
+impl Cipher {
+    pub fn new(key: &[u8; DATA_KEY_LEN]) -> Cipher {
+        Cipher {
+            sops: SopsGcm::new(key.into()),
+            std: StdGcm::new(key.into()),
+        }
+    }
+
+    /// Decrypt one value with the additional data (`db:password:`), also returning the value's
+    /// IV (kept to re-encrypt an unchanged value identically).
+    pub fn decrypt_with_iv(&self, value: &str, aad: &str) -> Result<(Plain, Vec<u8>), CipherError> {
+        let p = parse(value)?;
+        // The tag is stored apart from the ciphertext: decrypt in place, detached.
+        let mut plain = p.data;
+        if p.tag.len() != 16 {
+            return Err(CipherError::Authentication);
+        }
+        let tag = aes_gcm::Tag::from_slice(&p.tag);
+        match p.iv.len() {
+            32 => self.sops.decrypt_in_place_detached(
+                Nonce::<U32>::from_slice(&p.iv),
+                aad.as_bytes(),
+                &mut plain,
+                tag,
+            ),
+            12 => self.std.decrypt_in_place_detached(
+                Nonce::<U12>::from_slice(&p.iv),
+                aad.as_bytes(),
+                &mut plain,
+                tag,
+            ),
+            n => return Err(CipherError::Malformed(format!("IV of {n} bytes"))),
+        }
+        .map_err(|_| CipherError::Authentication)?;
+        let kind = p.kind.as_str();
+        if kind == "bytes" {
+            return Ok((Plain::Scalar(Scalar::Bytes(plain)), p.iv));
+        }
+        if !matches!(kind, "str" | "int" | "float" | "bool" | "time" | "comment") {
+            return Err(CipherError::BadType(format!("unknown type `{kind}`")));
+        }
+        let text = String::from_utf8(plain)
+            .map_err(|_| CipherError::BadType(format!("{kind} value is not UTF-8")))?;
+        let bad = |what: &str| CipherError::BadType(format!("not a valid {what}"));
+        let plain = match kind {
+            "str" => Plain::Scalar(Scalar::Str(text)),
+            "int" => Plain::Scalar(Scalar::Int(text.parse().map_err(|_| bad("int"))?)),
+            "float" => Plain::Scalar(Scalar::Float(
+                parse_go_float(&text).ok_or_else(|| bad("float"))?,
+            )),
+            "bool" => Plain::Scalar(Scalar::Bool(
+                parse_go_bool(&text).ok_or_else(|| bad("bool"))?,
+            )),
+            "time" => Plain::Scalar(Scalar::Time(text)),
+            _ => Plain::Comment(text),
+        };
+        Ok((plain, p.iv))
+    }
+
+    /// Encrypt plaintext bytes of a value of type `kind`. `iv` reuses a previous IV (so an
+    /// unchanged value keeps its exact ciphertext); otherwise a fresh random one is drawn.
+    pub fn encrypt(&self, plain: &[u8], kind: &str, aad: &str, iv: Option<&[u8]>) -> String {
+        let iv: Vec<u8> = match iv {
+            Some(iv) if iv.len() == IV_LEN => iv.to_vec(),
+            _ => {
+                let mut iv = vec![0u8; IV_LEN];
+                rand::thread_rng().fill_bytes(&mut iv);
+                iv
+            }
+        };
+        let out = self
+            .sops
+            .encrypt(
+                Nonce::<U32>::from_slice(&iv),
+                Payload {
+                    msg: plain,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+        let (data, tag) = out.split_at(out.len() - 16);
+        format!(
+            "ENC[AES256_GCM,data:{},iv:{},tag:{},type:{kind}]",
+            B64.encode(data),
+            B64.encode(&iv),
+            B64.encode(tag)
+        )
+    }
+}
+
 /// Decrypt one value with the data key and the additional data (`db:password:`).
 pub fn decrypt(value: &str, key: &[u8; DATA_KEY_LEN], aad: &str) -> Result<Plain, CipherError> {
     decrypt_with_iv(value, key, aad).map(|(plain, _)| plain)
 }
 
 /// [`decrypt`], also returning the value's IV (kept to re-encrypt an unchanged value
-/// identically).
+/// identically). Keys the cipher for this one value; a file's walk uses one [`Cipher`].
 pub fn decrypt_with_iv(
     value: &str,
     key: &[u8; DATA_KEY_LEN],
     aad: &str,
 ) -> Result<(Plain, Vec<u8>), CipherError> {
-    let p = parse(value)?;
-    let mut ct = p.data;
-    ct.extend_from_slice(&p.tag);
-    let payload = Payload {
-        msg: &ct,
-        aad: aad.as_bytes(),
-    };
-    let plain = match p.iv.len() {
-        32 => SopsGcm::new(key.into()).decrypt(Nonce::<U32>::from_slice(&p.iv), payload),
-        12 => StdGcm::new(key.into()).decrypt(Nonce::<U12>::from_slice(&p.iv), payload),
-        n => return Err(CipherError::Malformed(format!("IV of {n} bytes"))),
-    }
-    .map_err(|_| CipherError::Authentication)?;
-    let text = || {
-        std::str::from_utf8(&plain)
-            .map(str::to_string)
-            .map_err(|_| CipherError::BadType(format!("{} value is not UTF-8", p.kind)))
-    };
-    let bad = |what: &str| CipherError::BadType(format!("not a valid {what}"));
-    let plain = match p.kind.as_str() {
-        "str" => Plain::Scalar(Scalar::Str(text()?)),
-        "int" => Plain::Scalar(Scalar::Int(text()?.parse().map_err(|_| bad("int"))?)),
-        "float" => Plain::Scalar(Scalar::Float(
-            parse_go_float(&text()?).ok_or_else(|| bad("float"))?,
-        )),
-        "bool" => Plain::Scalar(Scalar::Bool(
-            parse_go_bool(&text()?).ok_or_else(|| bad("bool"))?,
-        )),
-        "time" => Plain::Scalar(Scalar::Time(text()?)),
-        "bytes" => Plain::Scalar(Scalar::Bytes(plain.clone())),
-        "comment" => Plain::Comment(text()?),
-        other => return Err(CipherError::BadType(format!("unknown type `{other}`"))),
-    };
-    Ok((plain, p.iv))
+    Cipher::new(key).decrypt_with_iv(value, aad)
 }
 
 /// Go's `strconv.ParseBool`.
@@ -149,8 +212,7 @@ fn parse_go_float(s: &str) -> Option<f64> {
     }
 }
 
-/// Encrypt plaintext bytes of a value of type `kind`. `iv` reuses a previous IV (so an
-/// unchanged value keeps its exact ciphertext); otherwise a fresh random one is drawn.
+/// Encrypt plaintext bytes of a value of type `kind` (see [`Cipher::encrypt`]).
 pub fn encrypt(
     plain: &[u8],
     kind: &str,
@@ -158,30 +220,7 @@ pub fn encrypt(
     aad: &str,
     iv: Option<&[u8]>,
 ) -> String {
-    let iv: Vec<u8> = match iv {
-        Some(iv) if iv.len() == IV_LEN => iv.to_vec(),
-        _ => {
-            let mut iv = vec![0u8; IV_LEN];
-            rand::thread_rng().fill_bytes(&mut iv);
-            iv
-        }
-    };
-    let out = SopsGcm::new(key.into())
-        .encrypt(
-            Nonce::<U32>::from_slice(&iv),
-            Payload {
-                msg: plain,
-                aad: aad.as_bytes(),
-            },
-        )
-        .expect("AES-GCM encryption of an in-memory buffer cannot fail");
-    let (data, tag) = out.split_at(out.len() - 16);
-    format!(
-        "ENC[AES256_GCM,data:{},iv:{},tag:{},type:{kind}]",
-        B64.encode(data),
-        B64.encode(&iv),
-        B64.encode(tag)
-    )
+    Cipher::new(key).encrypt(plain, kind, aad, iv)
 }
 
 /// Encrypt a scalar; see [`encrypt`].

@@ -82,7 +82,9 @@ pub struct Document {
     docs: Vec<Node>,
     meta: Metadata,
     data_key: [u8; DATA_KEY_LEN],
-    stash: Stash,
+    /// The IV of every value decrypted, in file order (indexed only when re-encrypting: most
+    /// documents are only read).
+    stash: Vec<StashEntry>,
     /// Plaintexts of the values that were encrypted in the file (what the redactor must hide).
     encrypted_values: Vec<String>,
 }
@@ -99,6 +101,7 @@ impl std::fmt::Debug for Document {
 
 /// (additional data, type, plaintext) → IV.
 type Stash = HashMap<(String, &'static str, Vec<u8>), Vec<u8>>;
+type StashEntry = ((String, &'static str, Vec<u8>), Vec<u8>);
 
 fn aad(path: &[String]) -> String {
     let mut s = path.join(":");
@@ -205,11 +208,11 @@ pub fn decrypt_file(
     let data_key = identities.unwrap_data_key(name, &meta.age)?;
     let mut walk = Walk {
         file: name,
-        key: &data_key,
+        cipher: cipher::Cipher::new(&data_key),
         selector: &meta.selector,
         mac_only: meta.mac_only_encrypted,
         hash: mac_hasher(meta.mac_only_encrypted),
-        stash: Stash::new(),
+        stash: Vec::new(),
         encrypted_values: Vec::new(),
     };
     let mut plain_docs = Vec::with_capacity(docs.len());
@@ -257,11 +260,11 @@ fn mac_hasher(mac_only: bool) -> Sha512 {
 
 struct Walk<'a> {
     file: &'a str,
-    key: &'a [u8; DATA_KEY_LEN],
+    cipher: cipher::Cipher,
     selector: &'a Selector,
     mac_only: bool,
     hash: Sha512,
-    stash: Stash,
+    stash: Vec<StashEntry>,
     encrypted_values: Vec<String>,
 }
 
@@ -281,7 +284,7 @@ impl Walk<'_> {
     }
 
     fn remember(&mut self, ad: &str, kind: &'static str, plain: Vec<u8>, iv: Vec<u8>) {
-        self.stash.insert((ad.to_string(), kind, plain), iv);
+        self.stash.push(((ad.to_string(), kind, plain), iv));
     }
 
     /// A comment `text` in the collection at `path`: decrypted when it is an encrypted value;
@@ -291,7 +294,7 @@ impl Walk<'_> {
             return text.to_string();
         }
         let ad = aad(path);
-        match cipher::decrypt_with_iv(text, self.key, &ad) {
+        match self.cipher.decrypt_with_iv(text, &ad) {
             Ok((Plain::Comment(c), iv)) => {
                 self.remember(&ad, "comment", c.clone().into_bytes(), iv);
                 c
@@ -357,8 +360,10 @@ impl Walk<'_> {
             });
         }
         let ad = aad(path);
-        let (plain, iv) =
-            cipher::decrypt_with_iv(text, self.key, &ad).map_err(|e| self.cipher_error(path, e))?;
+        let (plain, iv) = self
+            .cipher
+            .decrypt_with_iv(text, &ad)
+            .map_err(|e| self.cipher_error(path, e))?;
         match plain {
             Plain::Comment(c) => {
                 self.remember(&ad, "comment", c.clone().into_bytes(), iv);
@@ -376,7 +381,7 @@ impl Walk<'_> {
 }
 
 struct EncryptWalk<'a> {
-    key: &'a [u8; DATA_KEY_LEN],
+    cipher: cipher::Cipher,
     selector: &'a Selector,
     mac_only: bool,
     hash: Sha512,
@@ -387,7 +392,8 @@ impl EncryptWalk<'_> {
     fn seal(&self, plain: Vec<u8>, kind: &'static str, path: &[String]) -> String {
         let ad = aad(path);
         let iv = self.stash.get(&(ad.clone(), kind, plain.clone()));
-        cipher::encrypt(&plain, kind, self.key, &ad, iv.map(Vec::as_slice))
+        self.cipher
+            .encrypt(&plain, kind, &ad, iv.map(Vec::as_slice))
     }
 
     fn encrypt(&mut self, node: &Node, path: &mut Vec<String>) -> Node {
@@ -501,7 +507,7 @@ pub fn encrypt(
         docs,
         meta,
         data_key,
-        stash: Stash::new(),
+        stash: Vec::new(),
         encrypted_values: Vec::new(),
     };
     doc.encrypt()
@@ -667,11 +673,12 @@ impl Document {
     /// did not change keep their exact ciphertext.
     pub fn encrypt(&self) -> Result<Vec<u8>, SecretsError> {
         let mut walk = EncryptWalk {
-            key: &self.data_key,
+            cipher: cipher::Cipher::new(&self.data_key),
             selector: &self.meta.selector,
             mac_only: self.meta.mac_only_encrypted,
             hash: mac_hasher(self.meta.mac_only_encrypted),
-            stash: &self.stash,
+            // A later value with the same key wins, as inserting them one by one would.
+            stash: &self.stash.iter().cloned().collect(),
         };
         let mut out = Vec::with_capacity(self.docs.len());
         for doc in &self.docs {
