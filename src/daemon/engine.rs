@@ -13,7 +13,7 @@ use super::record::OperationLog;
 use super::runtime::{BoxFuture, Deployer, Deployment, Loaded, PlanComment, Settings};
 use crate::execute::{ExecuteOptions, PlanRun, Shutdown, SshSettings, Transports};
 use crate::model::{Model, Value};
-use crate::plan::{self, Desired, PlanContext, ScopedFinding};
+use crate::plan::{self, Desired, Finding, PlanContext, ScopedFinding};
 use crate::secrets::{Identities, Redactor};
 use crate::state::{State, StateValues};
 use crate::status::{
@@ -1164,6 +1164,7 @@ mod tests {
 
     use super::*;
     use crate::plan::{Children, Operation, OperationKind, Step, StepAction, Target};
+    use crate::secrets::Resolver;
     use crate::status::NodeStatus;
 
     fn op(id: &str, kind: OperationKind, title: &str, children: Vec<Operation>) -> Operation {
