@@ -367,3 +367,70 @@ fn bad_settings() {
         ],
     );
 }
+
+#[test]
+fn symlinks_are_reported_not_followed_from_a_directory_and_from_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let example = config_support::root().join("examples/config-repo");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-r")
+            .arg(&example)
+            .arg(&repo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // A linked server file, a keystone.yaml that is a link, and a linked README (not reported).
+    std::os::unix::fs::symlink("web-1.yaml", repo.join("servers/web-3.yaml")).unwrap();
+    std::fs::rename(repo.join("keystone.yaml"), dir.path().join("ks.yaml")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("ks.yaml"), repo.join("keystone.yaml")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", repo.join("servers/README.md")).unwrap();
+    let expected = [
+        ("keystone.yaml".to_string(), 1, 1, "symlink"),
+        ("servers/web-3.yaml".to_string(), 1, 1, "symlink"),
+    ];
+    let got = |loaded: &config::Loaded| -> Vec<(String, u32, u32, &'static str)> {
+        loaded
+            .diagnostics
+            .iter()
+            .map(|d| (d.file.clone(), d.line, d.column, d.code))
+            .collect()
+    };
+    let from_dir = config::load_dir(&repo).unwrap();
+    assert_eq!(
+        got(&from_dir),
+        expected,
+        "{}",
+        from_dir.render_diagnostics()
+    );
+    assert_eq!(
+        from_dir.diagnostics[1].message,
+        "`servers/web-3.yaml` is a symbolic link; Keystone reads only regular files and directories"
+    );
+
+    // The same commit, through git (which stores the links as links).
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.test")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.test")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "links"]);
+    let r = git2::Repository::open(&repo).unwrap();
+    let from_commit = config::load_rev(&r, "HEAD").unwrap();
+    assert_eq!(got(&from_commit), expected);
+}

@@ -178,6 +178,11 @@ fn a_reader_that_goes_away_ends_the_plan_quietly() {
         .unwrap()
         .args(["plan", "--repo"])
         .arg(root().join("examples/config-repo"))
+        // With the example's test key, so the only stderr there could be is the pipe's error.
+        .env(
+            "SOPS_AGE_KEY_FILE",
+            root().join("examples/config-repo/TEST-ONLY-age-key.txt"),
+        )
         .stdout(writer)
         .output()
         .unwrap();
@@ -274,4 +279,39 @@ fn pr_view_calls_out_a_changed_host_key() {
             "from": format!("ssh-ed25519 {old_fp}"), "to": format!("ssh-ed25519 {new_fp}")
         }])
     );
+}
+
+#[test]
+fn plan_against_a_state_reads_it_beside_its_owner_and_never_creates_one() {
+    let repo = root().join("examples/config-repo");
+    let repo = repo.to_str().unwrap();
+    let (code, without, err) = keystone(&["plan", "--repo", repo]);
+    assert_eq!(code, 0, "{err}");
+
+    // A directory with no state: a usage error, and nothing is created there.
+    let empty = tempfile::tempdir().unwrap();
+    let e = empty.path().to_str().unwrap();
+    let (code, out, err) = keystone(&["plan", "--repo", repo, "--state", e]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert_eq!(
+        err,
+        format!(
+            "error: cannot open the state in {e}: {e} holds no Keystone state (no \
+             state.sqlite3); give --state the daemon's state directory\n"
+        )
+    );
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+
+    // A state another process holds (as a running daemon does): read without its lock.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let held = keystone::state::State::open(dir.path()).unwrap();
+    let (code, with_state, err) = keystone(&["plan", "--repo", repo, "--state", d]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(with_state, without);
+    drop(held);
+    // And once its owner has closed it.
+    let (code, closed, err) = keystone(&["plan", "--repo", repo, "--state", d]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(closed, without);
 }

@@ -243,7 +243,7 @@ fn a_tampered_secret_blocks_only_its_environment() {
         out.contains(
             "shop/staging: blocked (1 blocker)\n"
         ) && out.contains(
-            "blocker [undecryptable-secret] applications/shop/environments/staging.yaml:22:21: secret shop-staging.app_key cannot be decrypted: applications/shop/environments/staging.yaml:22:21: secret `shop-staging.app_key`: secrets/shop-staging.sops.yaml: `app_key`: the encrypted value does not authenticate: it was changed, or moved from another key\n"
+            "blocker [undecryptable-secret] applications/shop/environments/staging.yaml:22:21: secret shop-staging.app_key cannot be decrypted: secrets/shop-staging.sops.yaml: `app_key`: the encrypted value does not authenticate: it was changed, or moved from another key\n"
         ),
         "{out}"
     );

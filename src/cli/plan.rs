@@ -175,7 +175,8 @@ fn context_for(commit: &str, p: &Prepared, args: &Args) -> PlanContext {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let state = match &args.state {
         Some(dir) => {
-            let mut state = keystone::state::State::open(dir)
+            // Read-only and without the lock: the daemon may be running on it.
+            let mut state = keystone::state::State::open_read_only(dir)
                 .with_context(|| format!("cannot open the state in {}", dir.display()))?;
             let key_file = args
                 .age_key_file

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::diagnostic::{Diagnostic, Scope};
 use super::parse::{self, AppRefs, At, EnvRefs, ServiceRefs, role_name};
 use super::read::{FileCx, NAME, NAME_RULE, did_you_mean};
-use super::source::{PROJECT_FILE, RepoFiles};
+use super::source::{PROJECT_FILE, RepoFiles, TOP_DIRS};
 use super::yaml::{self, Pos};
 use super::{LoadError, Loaded};
 use crate::drivers;
@@ -146,7 +146,28 @@ pub fn load(files: &dyn RepoFiles) -> Result<Loaded, LoadError> {
     // Read every file first (in path order), parse the YAML ones in parallel, then read them
     // into the model in path order again: results and diagnostics do not depend on threads.
     let mut read: Vec<(String, FileKind)> = Vec::new();
-    for path in files.files()? {
+    let paths = files.files()?;
+    for link in files.links() {
+        // Only links where a config file could be: a linked README is nobody's business.
+        if link != PROJECT_FILE && !TOP_DIRS.contains(&link.as_str()) && classify(&link).is_none() {
+            continue;
+        }
+        st.error(
+            &link,
+            Pos::START,
+            Scope::Project,
+            "symlink",
+            format!(
+                "`{link}` is a symbolic link; Keystone reads only regular files and directories"
+            ),
+            Some(
+                "replace it with a copy of what it points to (a link is not followed: in a \
+                 commit it could point anywhere, and its file would be silently left out)"
+                    .into(),
+            ),
+        );
+    }
+    for path in paths {
         let Some(kind) = classify(&path) else {
             continue;
         };

@@ -23,11 +23,17 @@ pub trait RepoFiles {
     fn files(&self) -> Result<Vec<String>, LoadError>;
     /// The bytes of one file listed by `files`.
     fn read(&self, path: &str) -> Result<Vec<u8>, LoadError>;
+    /// Symbolic links where `files` looks (`keystone.yaml`, [`TOP_DIRS`] and below), sorted:
+    /// never followed, reported so that a linked file is not silently left out.
+    fn links(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A config repository checked out (or written) in a directory.
 pub struct DirFiles {
     root: PathBuf,
+    links: std::sync::Mutex<Vec<String>>,
 }
 
 impl DirFiles {
@@ -37,6 +43,7 @@ impl DirFiles {
         }
         Ok(DirFiles {
             root: root.to_path_buf(),
+            links: Default::default(),
         })
     }
 
@@ -55,6 +62,11 @@ impl DirFiles {
                 self.walk(&path, out)?;
             } else if ty.is_file() {
                 out.push(path);
+            } else if ty.is_symlink() {
+                self.links
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(path);
             }
         }
         Ok(())
@@ -63,19 +75,37 @@ impl DirFiles {
 
 impl RepoFiles for DirFiles {
     fn files(&self) -> Result<Vec<String>, LoadError> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let mut out = Vec::new();
+        let is_link = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_symlink());
         let project = self.root.join(PROJECT_FILE);
         if std::fs::symlink_metadata(&project).is_ok_and(|m| m.is_file()) {
             out.push(PROJECT_FILE.to_string());
+        } else if is_link(&project) {
+            self.links
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(PROJECT_FILE.to_string());
         }
         for top in TOP_DIRS {
             let dir = self.root.join(top);
             if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
                 self.walk(top, &mut out)?;
+            } else if is_link(&dir) {
+                self.links
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(top.to_string());
             }
         }
         out.sort();
         Ok(out)
+    }
+
+    fn links(&self) -> Vec<String> {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        links.sort();
+        links
     }
 
     fn read(&self, path: &str) -> Result<Vec<u8>, LoadError> {
@@ -88,21 +118,26 @@ impl RepoFiles for DirFiles {
 pub struct TreeFiles<'r> {
     repo: &'r git2::Repository,
     blobs: BTreeMap<String, git2::Oid>,
+    links: Vec<String>,
 }
 
 impl<'r> TreeFiles<'r> {
     pub fn new(repo: &'r git2::Repository, tree: &git2::Tree<'_>) -> Result<Self, LoadError> {
         let mut blobs = BTreeMap::new();
+        let mut links = Vec::new();
         for entry in tree.iter() {
             let Ok(name) = entry.name() else { continue };
             if name == PROJECT_FILE && is_regular_blob(&entry) {
                 blobs.insert(name.to_string(), entry.id());
             } else if TOP_DIRS.contains(&name) && entry.kind() == Some(git2::ObjectType::Tree) {
                 let sub = repo.find_tree(entry.id()).map_err(LoadError::Git)?;
-                collect(repo, &sub, name, &mut blobs)?;
+                collect(repo, &sub, name, &mut blobs, &mut links)?;
+            } else if (name == PROJECT_FILE || TOP_DIRS.contains(&name)) && is_link(&entry) {
+                links.push(name.to_string());
             }
         }
-        Ok(TreeFiles { repo, blobs })
+        links.sort();
+        Ok(TreeFiles { repo, blobs, links })
     }
 }
 
@@ -111,11 +146,16 @@ fn is_regular_blob(e: &git2::TreeEntry<'_>) -> bool {
     e.kind() == Some(git2::ObjectType::Blob) && (e.filemode() & 0o170000) == 0o100000
 }
 
+fn is_link(e: &git2::TreeEntry<'_>) -> bool {
+    e.filemode() == 0o120000
+}
+
 fn collect(
     repo: &git2::Repository,
     tree: &git2::Tree<'_>,
     prefix: &str,
     out: &mut BTreeMap<String, git2::Oid>,
+    links: &mut Vec<String>,
 ) -> Result<(), LoadError> {
     for entry in tree.iter() {
         let Ok(name) = entry.name() else { continue };
@@ -123,11 +163,12 @@ fn collect(
         match entry.kind() {
             Some(git2::ObjectType::Tree) => {
                 let sub = repo.find_tree(entry.id()).map_err(LoadError::Git)?;
-                collect(repo, &sub, &path, out)?;
+                collect(repo, &sub, &path, out, links)?;
             }
             Some(git2::ObjectType::Blob) if is_regular_blob(&entry) => {
                 out.insert(path, entry.id());
             }
+            Some(git2::ObjectType::Blob) if is_link(&entry) => links.push(path),
             _ => {}
         }
     }
@@ -137,6 +178,10 @@ fn collect(
 impl RepoFiles for TreeFiles<'_> {
     fn files(&self) -> Result<Vec<String>, LoadError> {
         Ok(self.blobs.keys().cloned().collect())
+    }
+
+    fn links(&self) -> Vec<String> {
+        self.links.clone()
     }
 
     fn read(&self, path: &str) -> Result<Vec<u8>, LoadError> {

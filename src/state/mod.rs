@@ -52,6 +52,10 @@ pub enum StateError {
         "state directory {path} is in use by another keystone process (it holds {path}/{LOCK_FILE}); stop it or use another --state"
     )]
     Locked { path: String },
+    #[error(
+        "{path} holds no Keystone state (no {DB_FILE}); give --state the daemon's state directory"
+    )]
+    NotAState { path: String },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -160,6 +164,8 @@ pub struct State {
     /// Operations found `running` at open and marked `interrupted`.
     interrupted_at_open: Vec<(ExecutionId, String)>,
     _lock: Option<File>,
+    /// Opened with `open_read_only`: reads only, no lock, nothing generated is stored.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for State {
@@ -233,6 +239,38 @@ impl State {
         Ok(state)
     }
 
+    /// Read an existing state without its lock, beside a running daemon (`keystone plan
+    /// --state`): the database opened read-only, nothing created, migrated or recovered.
+    pub fn open_read_only(dir: &Path) -> Result<Self> {
+        let db = dir.join(DB_FILE);
+        if !db.is_file() {
+            return Err(StateError::NotAState {
+                path: dir.display().to_string(),
+            });
+        }
+        let path = db.display().to_string();
+        let sql = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path,
+            dir: Some(dir.to_path_buf()),
+            identity: None,
+            interrupted_at_open: Vec::new(),
+            _lock: None,
+            read_only: true,
+        })
+    }
+
     /// A private in-memory state (tests, `keystone plan` without --state).
     pub fn open_in_memory() -> Result<Self> {
         let conn = Connection::open_in_memory().map_err(|source| StateError::Sqlite {
@@ -271,6 +309,7 @@ impl State {
             identity: None,
             interrupted_at_open: interrupted,
             _lock: None,
+            read_only: false,
         })
     }
 
@@ -504,6 +543,10 @@ impl State {
             return String::from_utf8(plain).map_err(|_| decrypt_err("not UTF-8".into()));
         }
         let value = generate();
+        if self.read_only {
+            // Nothing was ever made with a credential that is not there: a value for this run.
+            return Ok(value);
+        }
         let ciphertext = age::encrypt(&identity.to_public(), value.as_bytes())
             .map_err(|e| decrypt_err(e.to_string()))?;
         let tx = conn.transaction().map_err(sql)?;
