@@ -1075,6 +1075,7 @@ mod tests {
                 timeout: Duration::from_secs(5),
                 idempotent: true,
                 capture: None,
+                on_failure: None,
             }],
             children_mode: Children::Sequential,
             children,

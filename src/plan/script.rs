@@ -36,6 +36,7 @@ pub fn run(
         timeout,
         idempotent,
         capture: None,
+        on_failure: None,
     }
 }
 
@@ -58,6 +59,7 @@ pub fn upload(
         timeout: Duration::from_secs(60),
         idempotent: true,
         capture: None,
+        on_failure: None,
     }
 }
 
@@ -84,12 +86,31 @@ impl RegistryLogin {
 }
 
 /// Lines that log in to a registry with a throw-away `DOCKER_CONFIG` (under `dir`, removed with
-/// it), reading the credentials from stdin.
+/// it), reading the credentials from stdin. A refused login ends with a line naming the registry.
 fn login_lines(login: &RegistryLogin, docker_config: &str) -> String {
     format!(
-        "mkdir -p {dc}\nexport DOCKER_CONFIG={dc}\nIFS= read -r registry_user\nIFS= read -r registry_password\nprintf '%s\\n' \"$registry_password\" | docker login --username \"$registry_user\" --password-stdin {host} >/dev/null\nunset registry_password\n",
+        "mkdir -p {dc}\nexport DOCKER_CONFIG={dc}\nIFS= read -r registry_user\nIFS= read -r registry_password\nif ! docker_said=$(printf '%s\\n' \"$registry_password\" | docker login --username \"$registry_user\" --password-stdin {host} 2>&1 >/dev/null); then\n{failed}fi\nunset registry_password\n",
         dc = quote(docker_config),
         host = quote(&login.host),
+        failed = registry_failure(
+            &login.host,
+            &format!(
+                "the registry {} refused the login (Docker's message is above): check its username and password",
+                login.host
+            )
+        ),
+    )
+}
+
+/// Lines (inside an `if`) that print Docker's failed answer (`$docker_said`) to stderr, then one
+/// line naming the registry: unreachable when Docker could not connect, else `otherwise`; exit 1.
+fn registry_failure(host: &str, otherwise: &str) -> String {
+    format!(
+        "  printf '%s\\n' \"$docker_said\" >&2\n  case \"$docker_said\" in\n    *'dial tcp'*|*'no such host'*|*'i/o timeout'*|*'connection refused'*) echo {unreachable} >&2 ;;\n    *) echo {otherwise} >&2 ;;\n  esac\n  exit 1\n",
+        unreachable = quote(&format!(
+            "the registry {host} is unreachable from this server (Docker's message is above)"
+        )),
+        otherwise = quote(otherwise),
     )
 }
 
@@ -175,7 +196,8 @@ pub fn build_script(b: &BuildSpec) -> String {
     s
 }
 
-/// `docker pull <reference>`, logging in first when the registry needs credentials.
+/// `docker pull <reference>`, logging in first when the registry needs credentials. A failed
+/// pull ends with a line naming the registry (Docker's own message above it).
 pub fn pull_script(reference: &str, login: Option<&RegistryLogin>, tmp: &str) -> String {
     let mut s = String::from("set -eu\n");
     if let Some(login) = login {
@@ -183,8 +205,25 @@ pub fn pull_script(reference: &str, login: Option<&RegistryLogin>, tmp: &str) ->
         s.push_str("trap 'rm -rf -- \"$tmp\"' EXIT\n");
         s.push_str(&login_lines(login, tmp));
     }
-    s.push_str(&format!("docker pull --quiet {}\n", quote(reference)));
+    let host = registry_host(reference);
+    s.push_str(&format!(
+        "if ! docker_said=$(docker pull --quiet {} 2>&1 >/dev/null); then\n{}fi\n",
+        quote(reference),
+        registry_failure(
+            host,
+            &format!("cannot pull {reference} from the registry {host} (Docker's message is above)")
+        ),
+    ));
     s
+}
+
+/// The registry part of an image reference (`10.77.0.1:5000` of `10.77.0.1:5000/acme/shop@…`):
+/// Docker's rule, a first component with a `.` or `:` or `localhost`; otherwise Docker Hub.
+fn registry_host(reference: &str) -> &str {
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
+        _ => "docker.io",
+    }
 }
 
 /// `docker compose <args>` for the project in `dir`, the one way Compose is driven
@@ -230,6 +269,16 @@ pub fn compose_down_script(dir: &str, project: &str) -> String {
         file = quote(&format!("{dir}/compose.yml")),
         down = compose(dir, project, &["down", "--remove-orphans"]),
         dir = quote(dir),
+    )
+}
+
+/// The `on_failure` of a new replica's start and health steps: `compose_down_script` of its
+/// project, then one line saying so (the step's error ends with it).
+pub fn replica_clean_up_script(dir: &str, project: &str) -> String {
+    format!(
+        "{}echo {}\n",
+        compose_down_script(dir, project),
+        quote(&format!("stopped and removed {project}"))
     )
 }
 
@@ -409,6 +458,57 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_pull_or_login_names_the_registry() {
+        // Run the pull script against a fake docker that fails the way Docker does.
+        let dir = tempfile::tempdir().unwrap();
+        let docker = dir.path().join("docker");
+        std::fs::write(&docker, "#!/bin/sh\necho \"$FAKE_DOCKER\" >&2\nexit 1\n").unwrap();
+        std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let credentials = dir.path().join("credentials");
+        std::fs::write(&credentials, "u\np\n").unwrap();
+        let run = |script: &str, said: &str| {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+                .env("FAKE_DOCKER", said)
+                .stdin(std::fs::File::open(&credentials).unwrap())
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1));
+            String::from_utf8(out.stderr).unwrap()
+        };
+        let refused = "Error response from daemon: Get \"http://10.77.0.1:5000/v2/\": dial tcp 10.77.0.1:5000: connect: connection refused";
+        let pull = pull_script("10.77.0.1:5000/acme/shop@sha256:ab", None, "/t");
+        sh_syntax_ok(&pull);
+        assert_eq!(
+            run(&pull, refused),
+            format!("{refused}\nthe registry 10.77.0.1:5000 is unreachable from this server (Docker's message is above)\n")
+        );
+        assert_eq!(
+            run(&pull, "manifest unknown"),
+            "manifest unknown\ncannot pull 10.77.0.1:5000/acme/shop@sha256:ab from the registry 10.77.0.1:5000 (Docker's message is above)\n"
+        );
+        let tmp = dir.path().join("login");
+        let login = RegistryLogin {
+            host: "10.77.0.1:5000".into(),
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let with_login = pull_script("10.77.0.1:5000/acme/shop@sha256:ab", Some(&login), tmp.to_str().unwrap());
+        sh_syntax_ok(&with_login);
+        assert_eq!(
+            run(&with_login, "Error response from daemon: login attempt to http://10.77.0.1:5000/v2/ failed with status: 401 Unauthorized"),
+            "Error response from daemon: login attempt to http://10.77.0.1:5000/v2/ failed with status: 401 Unauthorized\nthe registry 10.77.0.1:5000 refused the login (Docker's message is above): check its username and password\n"
+        );
+        assert!(!tmp.exists());
+        assert_eq!(registry_host("acme/shop:1"), "docker.io");
+        assert_eq!(registry_host("localhost/shop:1"), "localhost");
+        assert_eq!(registry_host("ghcr.io/o/r@sha256:x"), "ghcr.io");
+    }
+
+    #[test]
     fn local_build_does_not_push() {
         let mut b = hostile_build();
         b.push = None;
@@ -457,6 +557,7 @@ mod tests {
         ));
         sh_syntax_ok(&compose_up_script("/a b", "p'q"));
         sh_syntax_ok(&compose_down_script("/a b", "p'q"));
+        sh_syntax_ok(&replica_clean_up_script("/a b", "p'q$(id)"));
         sh_syntax_ok(&wait_healthy_script("c'$(id)", t));
         sh_syntax_ok(&replica_probe_script(
             "c'$(id)",
