@@ -1,0 +1,314 @@
+//! Issue 7 on the lab, the rollout cases: a new image redeployed under load with zero failed
+//! requests and a drain before the old replicas stop; a new image whose health check fails (its
+//! service fails, the rest is cancelled, the failed replicas are removed, the old ones serve);
+//! the registry down during a deploy (it fails naming the registry, nothing running is touched).
+//!
+//! The tests share one applied lab state (the first one to run applies examples/config-repo from
+//! scratch); every test holds the lab lock for its whole run and leaves the config repository's
+//! HEAD applied. The new images are variants of the applied one (`FROM <applied digest>`, one
+//! more line), built on build-1 and pushed under a new tag of 10.77.0.1:5000/acme/shop; the
+//! application then deploys that tag (`strategy: external_registry`).
+
+mod deploy_lab;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use deploy_lab::{Deployment, HOSTS, Load, http_get, lab_script, lock, reset_hosts, ssh, ssh_ok};
+use keystone::shell::quote;
+
+const APP_FILE: &str = "applications/shop/application.yaml";
+const PRODUCTION: &str = "applications/shop/environments/production.yaml";
+const STAGING: &str = "applications/shop/environments/staging.yaml";
+
+/// The lab with the example applied from scratch (once per test binary).
+fn deployed() -> MutexGuard<'static, Option<Deployment>> {
+    static SHARED: Mutex<Option<Deployment>> = Mutex::new(None);
+    let mut g = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if g.is_none() {
+        let t = Instant::now();
+        reset_hosts();
+        let d = Deployment::new();
+        let (code, out) = d.apply();
+        assert_eq!(code, 0, "the apply from scratch did not converge:\n{out}");
+        eprintln!("[rollout] from scratch: {:.1?}", t.elapsed());
+        *g = Some(d);
+    }
+    g
+}
+
+/// Files of the config repository as they were, written back (and committed) when dropped, so a
+/// failed test leaves the HEAD the next test expects.
+struct Restore<'a> {
+    d: &'a Deployment,
+    files: Vec<(&'static str, String)>,
+}
+
+impl<'a> Restore<'a> {
+    fn new(d: &'a Deployment, files: &[&'static str]) -> Restore<'a> {
+        let files = files
+            .iter()
+            .map(|f| (*f, std::fs::read_to_string(d.repo.join(f)).unwrap()))
+            .collect();
+        Restore { d, files }
+    }
+
+    fn restore(&mut self) {
+        for (f, text) in self.files.drain(..) {
+            if std::fs::read_to_string(self.d.repo.join(f)).ok().as_deref() != Some(&text) {
+                self.d.edit(f, |_| text);
+            }
+        }
+    }
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        if !self.files.is_empty() {
+            self.restore();
+        }
+    }
+}
+
+/// Build on build-1 `FROM <base>` plus `line`, push it as 10.77.0.1:5000/acme/shop:<tag>; the
+/// pushed digest.
+fn push_variant(base: &str, tag: &str, line: &str) -> String {
+    let image = format!("10.77.0.1:5000/acme/shop:{tag}");
+    let dockerfile = format!("FROM {base}\n{line}\n");
+    let out = ssh_ok(
+        "build-1",
+        &format!(
+            "set -e; printf '%s' {df} | DOCKER_BUILDKIT=0 docker build -q -t {t} - >/dev/null; docker push {t} | sed -n 's/.*digest: \\(sha256:[0-9a-f]*\\).*/\\1/p'",
+            df = quote(&dockerfile),
+            t = quote(&image)
+        ),
+    );
+    let digest = out.trim().to_string();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "push of {image} printed no digest: {out:?}"
+    );
+    digest
+}
+
+/// Deploy the application's image `tag` (external_registry), whatever the strategy was.
+fn use_tag(d: &Deployment, tag: &str) {
+    d.edit(APP_FILE, |t| {
+        let mut out = String::new();
+        for line in t.lines() {
+            let l = line.trim_start();
+            if l.starts_with("strategy:") {
+                out.push_str(&format!("  strategy: external_registry\n  tag: {tag}\n"));
+            } else if !l.starts_with("tag:") {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    });
+}
+
+/// The last recorded execution of `env` (`shop/production`).
+fn last_execution(d: &Deployment, env: &str) -> keystone::state::ExecutionRecord {
+    let state = d.state();
+    let ids = state.executions().unwrap();
+    ids.iter()
+        .rev()
+        .filter_map(|id| state.execution(*id).unwrap())
+        .find(|e| e.environment.as_deref() == Some(env))
+        .expect("an execution of the environment")
+}
+
+fn op<'a>(
+    exec: &'a keystone::state::ExecutionRecord,
+    id: &str,
+) -> &'a keystone::state::OperationRecord {
+    exec.operation(id).unwrap_or_else(|| {
+        panic!(
+            "no operation {id} in {:?}",
+            exec.operations.iter().map(|o| &o.op_id).collect::<Vec<_>>()
+        )
+    })
+}
+
+fn step_text(s: &keystone::state::StepRecord) -> String {
+    s.output.as_ref().map(|o| o.text()).unwrap_or_default()
+}
+
+/// Every Keystone container on every lab host: host → [`name id status`].
+fn containers() -> BTreeMap<&'static str, Vec<String>> {
+    HOSTS
+        .iter()
+        .map(|h| {
+            let out = ssh_ok(
+                h,
+                "docker ps -a --filter name=^keystone- --format '{{.Names}} {{.ID}} {{.State}}' | sort",
+            );
+            (*h, out.lines().map(str::to_string).collect())
+        })
+        .collect()
+}
+
+/// The app's answer line (`shop <version> APP_ENV=<env> host=<hostname>`) in a body (Caddy
+/// answers HTTP/1.1 chunked, so the line sits between chunk sizes).
+fn app_line(body: &str) -> Option<&str> {
+    body.lines().map(str::trim).find(|l| l.starts_with("shop "))
+}
+
+/// The app's answer without its `host=` word (replicas answer with their own hostname).
+fn without_host(body: &str) -> String {
+    app_line(body)
+        .unwrap_or_else(|| panic!("not an answer of the app: {body:?}"))
+        .split_whitespace()
+        .filter(|w| !w.starts_with("host="))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn assert_old_replicas_serve(served_before: &str) {
+    for _ in 0..20 {
+        let (status, body) = http_get("shop.lab.test").expect("HTTP through the gateway");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(without_host(&body), without_host(served_before));
+    }
+}
+
+/// A short random hex string (several runs share the registry).
+fn keystone_nonce() -> String {
+    let mut b = [0u8; 3];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `green` for a `…-blue` container and the other way round: the slot a new replica takes.
+fn other_slot(container: &str) -> &'static str {
+    if container.ends_with("-blue") {
+        "green"
+    } else {
+        assert!(container.ends_with("-green"), "{container}");
+        "blue"
+    }
+}
+
+/// The lab registry stopped (`scripts/lab registry stop`) until dropped — also when the test
+/// panics — then started again (other agents use the lab).
+struct RegistryDown;
+
+impl RegistryDown {
+    fn stop() -> RegistryDown {
+        let out = Command::new(lab_script())
+            .args(["registry", "stop"])
+            .output()
+            .expect("scripts/lab registry stop");
+        // From here on, whatever happens, the guard starts it again.
+        let guard = RegistryDown;
+        assert!(
+            out.status.success(),
+            "scripts/lab registry stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        guard
+    }
+}
+
+impl Drop for RegistryDown {
+    fn drop(&mut self) {
+        let out = Command::new(lab_script())
+            .args(["registry", "start"])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => eprintln!("[rollout] the lab registry is up again"),
+            other => {
+                eprintln!("[rollout] scripts/lab registry start FAILED: {other:?}");
+                if !std::thread::panicking() {
+                    panic!("scripts/lab registry start failed: {other:?}");
+                }
+            }
+        }
+    }
+}
+
+fn registry_answers() -> bool {
+    Command::new("curl")
+        .args(["-sf", "--max-time", "2", "-o", "/dev/null", "http://10.77.0.1:5000/v2/"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn registry_down_fails_the_deploy_naming_the_registry_and_touches_nothing() {
+    let _lab = lock();
+    let g = deployed();
+    let d = g.as_ref().unwrap();
+    let before = d.state().applied().unwrap();
+    let running = containers();
+    let (_, served_before) = http_get("shop.lab.test").unwrap();
+    let mut restore = Restore::new(d, &[PRODUCTION]);
+
+    // A new variable: every replica is replaced, each pulls the (unchanged) image by digest.
+    let mark = format!("registry-down-{}", std::process::id());
+    d.edit(PRODUCTION, |t| {
+        t.replacen("variables:\n", &format!("variables:\n  DEPLOY_MARK: {mark}\n"), 1)
+    });
+    let (code, out) = {
+        let _down = RegistryDown::stop();
+        assert!(!registry_answers(), "the registry still answers");
+        d.apply()
+    };
+    assert!(registry_answers(), "the registry did not come back");
+    assert_eq!(code, 1, "a deploy without its registry must exit 1:\n{out}");
+
+    // Each replica's pull failed, naming the registry; nothing started, so nothing was removed.
+    let cause = "the registry 10.77.0.1:5000 is unreachable from this server (Docker's message is above)";
+    assert!(out.contains(cause), "{out}");
+    let exec = last_execution(d, "shop/production");
+    for i in 1..=2 {
+        let r = op(
+            &exec,
+            &format!("shop/production/service_deploy/web/replica_deploy/web#{i}"),
+        );
+        let failed: Vec<_> = r
+            .steps
+            .iter()
+            .filter(|s| s.status == keystone::execute::Status::Failed)
+            .collect();
+        assert_eq!(failed.len(), 1, "web#{i}: {:?}", r.steps);
+        assert_eq!(failed[0].name, "pull image by digest");
+        assert_eq!(
+            failed[0].error.as_deref(),
+            Some(format!("exit status 1: {cause}").as_str())
+        );
+        let text = step_text(failed[0]);
+        assert!(
+            text.contains("10.77.0.1:5000") && text.contains("connection refused"),
+            "Docker's own message is kept: {text}"
+        );
+        for s in &r.steps {
+            if ["start", "wait healthy", "probe /up"].contains(&s.name.as_str()) {
+                assert_eq!(s.status, keystone::execute::Status::Cancelled, "{}", s.name);
+            }
+        }
+    }
+    assert_eq!(
+        op(&exec, "shop/production/service_deploy/worker").status,
+        keystone::execute::Status::Cancelled
+    );
+    assert_eq!(
+        op(&exec, "shop/production/gateway_cutover/edge").status,
+        keystone::execute::Status::Cancelled
+    );
+    assert_eq!(d.state().applied().unwrap(), before);
+    assert_eq!(containers(), running, "a container changed");
+    assert_old_replicas_serve(&served_before);
+
+    // Back to the applied config (the registry up again): nothing to do.
+    restore.restore();
+    let (code, out) = d.apply();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("shop/production: unchanged"), "{out}");
+}
