@@ -185,6 +185,132 @@ fn keystone_nonce() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+#[test]
+fn unhealthy_new_image_fails_its_service_cancels_the_rest_and_is_removed() {
+    let _lab = lock();
+    let g = deployed();
+    let d = g.as_ref().unwrap();
+    let before = d.state().applied().unwrap();
+    let prod = before.environment("shop", "production").unwrap();
+    let running = containers();
+    let (_, served_before) = http_get("shop.lab.test").unwrap();
+    let mut restore = Restore::new(d, &[APP_FILE, PRODUCTION, STAGING]);
+
+    // The new image never writes /up (the example app's APP_HEALTH=fail), so its health path
+    // answers 404; a 10 s health timeout keeps the three attempts short.
+    let tag = format!("unhealthy-{}-{}", std::process::id(), keystone_nonce());
+    push_variant(
+        &prod.image.as_ref().unwrap().reference(),
+        &tag,
+        "ENV APP_HEALTH=fail",
+    );
+    use_tag(d, &tag);
+    d.edit(PRODUCTION, |t| {
+        t.replacen(
+            "health: {path: /up}",
+            "health: {path: /up, timeout: 10s}",
+            1,
+        )
+    });
+    d.edit(STAGING, |t| {
+        t.replacen(
+            "    placement: {servers: [web-1]}\n",
+            "    placement: {servers: [web-1]}\n    health: {path: /up, timeout: 10s}\n",
+            1,
+        )
+    });
+    let (code, out) = d.apply();
+    assert_eq!(code, 1, "an unhealthy deploy must exit 1:\n{out}");
+    // The replicas' container health check (wget of /up) reports them unhealthy.
+    assert!(
+        out.contains("failed shop/production/service_deploy/web/replica_deploy/web#1 · wait healthy"),
+        "{out}"
+    );
+
+    // The state says which step failed and why: the health state and the container's last log
+    // lines; the failed replica was stopped and removed, the probe after it never ran.
+    let exec = last_execution(d, "shop/production");
+    assert_eq!(exec.status, keystone::execute::Status::Failed);
+    assert_eq!(
+        op(&exec, "shop/production/service_deploy/web").status,
+        keystone::execute::Status::Failed
+    );
+    for i in 1..=2 {
+        let r = op(
+            &exec,
+            &format!("shop/production/service_deploy/web/replica_deploy/web#{i}"),
+        );
+        assert_eq!(r.status, keystone::execute::Status::Failed, "web#{i}");
+        let names: Vec<(&str, keystone::execute::Status)> =
+            r.steps.iter().map(|s| (s.name.as_str(), s.status)).collect();
+        use keystone::execute::Status::{Cancelled, Failed, Succeeded};
+        assert_eq!(
+            names,
+            [
+                ("upload compose.yml", Succeeded),
+                ("upload .env", Succeeded),
+                ("pull image by digest", Succeeded),
+                ("start", Succeeded),
+                ("wait healthy", Failed),
+                ("probe /up", Cancelled)
+            ],
+            "web#{i}"
+        );
+        let health = &r.steps[4];
+        assert_eq!(health.attempts, 3);
+        let error = health.error.clone().unwrap_or_default();
+        let old = &prod.services["web"].replicas[i - 1];
+        let new = format!("keystone-shop_production_web-{i}-{}", other_slot(&old.container));
+        // `exit status 1: <the container's last log line>; on failure: …`
+        assert!(
+            error.starts_with("exit status 1: [::ffff:127.0.0.1]:")
+                && error.ends_with(&format!(" response:404; on failure: stopped and removed {new}")),
+            "web#{i}: {error}"
+        );
+        let text = step_text(health);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{new} is not healthy (health:unhealthy) after ")))
+            .unwrap_or_else(|| panic!("web#{i} output:\n{text}"));
+        assert!(line.ends_with("s; last log lines:"), "{line}");
+        assert!(
+            text.contains(" listening on :8080 (APP_ENV=production)\n"),
+            "the container's log lines are in the output:\n{text}"
+        );
+        assert!(
+            text.ends_with(&format!("\non failure:\n Container {new}  Stopping\n Container {new}  Stopped\n Container {new}  Removing\n Container {new}  Removed\n Network {new}_default  Removing\n Network {new}_default  Removed\nstopped and removed {new}\n")),
+            "web#{i} output:\n{text}"
+        );
+        let gone = ssh(&old.server, &format!("docker inspect {}", quote(&new)));
+        assert!(
+            !gone.status.success(),
+            "the failed replica {new} is still on {}",
+            old.server
+        );
+    }
+    assert_eq!(
+        op(&exec, "shop/production/service_deploy/worker").status,
+        keystone::execute::Status::Cancelled
+    );
+    assert_eq!(
+        op(&exec, "shop/production/gateway_cutover/edge").status,
+        keystone::execute::Status::Cancelled
+    );
+
+    // Nothing recorded as applied; the same containers as before, all running; the old
+    // replicas still serve the old answer.
+    assert_eq!(d.state().applied().unwrap(), before);
+    assert_eq!(containers(), running);
+    assert_old_replicas_serve(&served_before);
+
+    // Back to the applied config: nothing to do.
+    restore.restore();
+    let (code, out) = d.apply();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("shop/production: unchanged"), "{out}");
+    assert_eq!(d.state().applied().unwrap(), before);
+}
+
 /// `green` for a `…-blue` container and the other way round: the slot a new replica takes.
 fn other_slot(container: &str) -> &'static str {
     if container.ends_with("-blue") {
