@@ -175,6 +175,133 @@ fn assert_old_replicas_serve(served_before: &str) {
     }
 }
 
+#[test]
+fn zero_downtime_redeploy_of_a_new_image_under_load() {
+    let _lab = lock();
+    let g = deployed();
+    let d = g.as_ref().unwrap();
+    let before = d.state().applied().unwrap();
+    let prod = before.environment("shop", "production").unwrap();
+    let old = prod.services["web"].replicas.clone();
+    let version = format!("zd-{}-{}", std::process::id(), keystone_nonce());
+    let digest = push_variant(
+        &prod.image.as_ref().unwrap().reference(),
+        &version,
+        &format!("RUN echo {version} > /app/VERSION"),
+    );
+    use_tag(d, &version);
+
+    // 4 clients asking `/`, 3 holding `/?sleep=3` (in flight on the old replica when the
+    // cutover starts), from before the deploy until after it.
+    let load = Load::start("shop.lab.test", 4, 3);
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, out) = d.apply();
+    std::thread::sleep(Duration::from_secs(4));
+    let results = load.finish();
+    assert_eq!(code, 0, "keystone apply did not converge:\n{out}");
+
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(_, _, r)| !matches!(r, Ok((200, b)) if app_line(b).is_some()))
+        .map(|(t, p, r)| {
+            format!(
+                "{:?} after the start, {p}: {r:?}",
+                t.duration_since(results[0].0)
+            )
+        })
+        .collect();
+    let new_answers = results
+        .iter()
+        .filter(|(_, _, r)| {
+            matches!(r, Ok((_, b)) if app_line(b).is_some_and(|l| l.starts_with(&format!("shop {version} "))))
+        })
+        .count();
+    let slow = results.iter().filter(|(_, p, _)| p != "/").count();
+    eprintln!(
+        "[rollout] zero downtime: {} requests ({slow} slow), {} failed, {new_answers} answered by the new image",
+        results.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "failed requests during the redeploy:\n{}",
+        failed.join("\n")
+    );
+    assert!(new_answers > 0, "no request reached the new replicas");
+    assert!(
+        new_answers < results.len(),
+        "no request was answered by the old replicas"
+    );
+    let (_, body) = http_get("shop.lab.test").unwrap();
+    assert!(
+        app_line(&body).is_some_and(|l| l.starts_with(&format!("shop {version} APP_ENV=production host="))),
+        "after the deploy: {body}"
+    );
+    let after = d.state().applied().unwrap();
+    let image = after
+        .environment("shop", "production")
+        .unwrap()
+        .image
+        .clone()
+        .unwrap();
+    assert_eq!(image.digest, digest, "the pushed variant is what was deployed");
+
+    // The cutover: new upstreams first, then it waited until the old ones had no request in
+    // flight, removed them, and only then stopped the old replicas.
+    let exec = last_execution(d, "shop/production");
+    let cutover = op(&exec, "shop/production/gateway_cutover/edge");
+    let names: Vec<&str> = cutover.steps.iter().map(|s| s.name.as_str()).collect();
+    let mut want: Vec<String> = [
+        "health of web#1 through web-1",
+        "health of web#2 through web-1",
+        "ensure route keystone_shop_production_web on web-1",
+        "add upstreams on web-1",
+        "drain old upstreams on web-1",
+        "remove old upstreams on web-1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    want.extend(old.iter().map(|r| format!("stop old {}", r.container)));
+    assert_eq!(names, want, "cutover steps");
+    assert!(
+        cutover
+            .steps
+            .iter()
+            .all(|s| s.status == keystone::execute::Status::Succeeded),
+        "{:?}",
+        cutover.steps
+    );
+    let drain = step_text(&cutover.steps[4]);
+    let waited: u64 = drain
+        .trim()
+        .strip_prefix("drained after ")
+        .and_then(|s| s.strip_suffix('s'))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("drain output: {drain:?}"));
+    eprintln!("[rollout] the drain waited {waited}s for the old upstream's requests");
+    // The slow requests were in flight on the old upstream: the drain saw them and waited.
+    assert!(
+        (1..=5).contains(&waited),
+        "drain waited {waited}s (slow requests are 3 s long): {drain:?}"
+    );
+    // The old containers are gone; the new ones run the new digest.
+    let new = &after.environment("shop", "production").unwrap().services["web"].replicas;
+    for (o, n) in old.iter().zip(new) {
+        assert_ne!(o.container, n.container);
+        assert_eq!(n.digest, digest);
+        let gone = ssh(
+            &o.server,
+            &format!("docker inspect {}", quote(&o.container)),
+        );
+        assert!(
+            !gone.status.success(),
+            "old replica {} still exists",
+            o.container
+        );
+    }
+}
+
 /// A short random hex string (several runs share the registry).
 fn keystone_nonce() -> String {
     let mut b = [0u8; 3];
