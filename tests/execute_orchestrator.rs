@@ -717,7 +717,10 @@ async fn on_failure_runs_once_after_the_last_attempt_on_the_same_target() {
             "s1: print stopped and removed new-replica\\n"
         ]
     );
-    assert_eq!(h.rec.started().iter().filter(|s| *s == "s2: fail").count(), 0);
+    assert_eq!(
+        h.rec.started().iter().filter(|s| *s == "s2: fail").count(),
+        0
+    );
     let b = report.operation("b").unwrap();
     assert_eq!(b.status, Status::Failed);
     assert_eq!(b.steps[0].attempts, 3);

@@ -287,9 +287,17 @@ fn multi_server_replicas_pull_by_digest_before_start() {
         for s in &r.steps {
             match s.name.as_str() {
                 "start" | "wait healthy" | "probe /up" => {
-                    let clean_up = s.on_failure.as_deref().unwrap_or_else(|| panic!("{}: no on_failure", s.name));
+                    let clean_up = s
+                        .on_failure
+                        .as_deref()
+                        .unwrap_or_else(|| panic!("{}: no on_failure", s.name));
                     assert!(clean_up.contains(" down --remove-orphans"), "{clean_up}");
-                    assert!(clean_up.ends_with(&format!("echo 'stopped and removed '{container}\n")) || clean_up.ends_with(&format!("echo 'stopped and removed {container}'\n")), "{clean_up}");
+                    assert!(
+                        clean_up.ends_with(&format!("echo 'stopped and removed '{container}\n"))
+                            || clean_up
+                                .ends_with(&format!("echo 'stopped and removed {container}'\n")),
+                        "{clean_up}"
+                    );
                 }
                 _ => assert_eq!(s.on_failure, None, "{}", s.name),
             }

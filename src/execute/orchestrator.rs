@@ -484,7 +484,10 @@ impl<'e> Run<'e> {
                 // Nothing new starts elsewhere while the clean-up runs.
                 self.halted.store(true, Ordering::SeqCst);
                 let outcome = self.clean_up(step, script, &mut out).await;
-                error = Some(format!("{}; {outcome}", error.as_deref().unwrap_or("failed")));
+                error = Some(format!(
+                    "{}; {outcome}",
+                    error.as_deref().unwrap_or("failed")
+                ));
             }
             self.emit(Event::StepFinished {
                 op,
@@ -542,12 +545,18 @@ impl<'e> Run<'e> {
                 .unwrap_or_default()
         };
         match result {
-            Ok(Ok(Some(0))) => match out.capture_value().filter(|_| out.stdout.total_bytes > printed) {
+            Ok(Ok(Some(0))) => match out
+                .capture_value()
+                .filter(|_| out.stdout.total_bytes > printed)
+            {
                 Some(line) => format!("on failure: {line}"),
                 None => "on failure: clean-up done".to_string(),
             },
             Ok(Ok(Some(code))) => {
-                format!("on failure: the clean-up failed (exit status {code}{})", said(out))
+                format!(
+                    "on failure: the clean-up failed (exit status {code}{})",
+                    said(out)
+                )
             }
             Ok(Ok(None)) => "on failure: the clean-up was killed by a signal".to_string(),
             Ok(Err(e)) => format!("on failure: the clean-up failed ({e})"),

@@ -211,7 +211,9 @@ pub fn pull_script(reference: &str, login: Option<&RegistryLogin>, tmp: &str) ->
         quote(reference),
         registry_failure(
             host,
-            &format!("cannot pull {reference} from the registry {host} (Docker's message is above)")
+            &format!(
+                "cannot pull {reference} from the registry {host} (Docker's message is above)"
+            )
         ),
     ));
     s
@@ -484,7 +486,9 @@ mod tests {
         sh_syntax_ok(&pull);
         assert_eq!(
             run(&pull, refused),
-            format!("{refused}\nthe registry 10.77.0.1:5000 is unreachable from this server (Docker's message is above)\n")
+            format!(
+                "{refused}\nthe registry 10.77.0.1:5000 is unreachable from this server (Docker's message is above)\n"
+            )
         );
         assert_eq!(
             run(&pull, "manifest unknown"),
@@ -496,10 +500,17 @@ mod tests {
             username: "u".into(),
             password: "p".into(),
         };
-        let with_login = pull_script("10.77.0.1:5000/acme/shop@sha256:ab", Some(&login), tmp.to_str().unwrap());
+        let with_login = pull_script(
+            "10.77.0.1:5000/acme/shop@sha256:ab",
+            Some(&login),
+            tmp.to_str().unwrap(),
+        );
         sh_syntax_ok(&with_login);
         assert_eq!(
-            run(&with_login, "Error response from daemon: login attempt to http://10.77.0.1:5000/v2/ failed with status: 401 Unauthorized"),
+            run(
+                &with_login,
+                "Error response from daemon: login attempt to http://10.77.0.1:5000/v2/ failed with status: 401 Unauthorized"
+            ),
             "Error response from daemon: login attempt to http://10.77.0.1:5000/v2/ failed with status: 401 Unauthorized\nthe registry 10.77.0.1:5000 refused the login (Docker's message is above): check its username and password\n"
         );
         assert!(!tmp.exists());
