@@ -23,10 +23,25 @@ const APP_FILE: &str = "applications/shop/application.yaml";
 const PRODUCTION: &str = "applications/shop/environments/production.yaml";
 const STAGING: &str = "applications/shop/environments/staging.yaml";
 
-/// The lab with the example applied from scratch (once per test binary).
-fn deployed() -> MutexGuard<'static, Option<Deployment>> {
-    static SHARED: Mutex<Option<Deployment>> = Mutex::new(None);
+/// This binary's deployment, and the Keystone containers of the lab as this binary last left
+/// them.
+struct Shared {
+    d: Deployment,
+    containers: BTreeMap<&'static str, Vec<String>>,
+}
+
+/// The lab with the example applied from scratch: once per test binary, and again when the lab's
+/// containers are not the ones this binary left (another test binary used the lab in between:
+/// the lab lock is released between tests). Each test ends by recording the containers it leaves.
+fn deployed() -> MutexGuard<'static, Option<Shared>> {
+    static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
     let mut g = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if g.as_ref().is_some_and(|s| containers() != s.containers) {
+        eprintln!(
+            "[rollout] the lab's containers changed since the last test: applying from scratch"
+        );
+        *g = None;
+    }
     if g.is_none() {
         let t = Instant::now();
         reset_hosts();
@@ -34,7 +49,10 @@ fn deployed() -> MutexGuard<'static, Option<Deployment>> {
         let (code, out) = d.apply();
         assert_eq!(code, 0, "the apply from scratch did not converge:\n{out}");
         eprintln!("[rollout] from scratch: {:.1?}", t.elapsed());
-        *g = Some(d);
+        *g = Some(Shared {
+            d,
+            containers: containers(),
+        });
     }
     g
 }
@@ -178,8 +196,9 @@ fn assert_old_replicas_serve(served_before: &str) {
 #[test]
 fn zero_downtime_redeploy_of_a_new_image_under_load() {
     let _lab = lock();
-    let g = deployed();
-    let d = g.as_ref().unwrap();
+    let mut g = deployed();
+    let s = g.as_mut().unwrap();
+    let d = &s.d;
     let before = d.state().applied().unwrap();
     let prod = before.environment("shop", "production").unwrap();
     let old = prod.services["web"].replicas.clone();
@@ -193,7 +212,9 @@ fn zero_downtime_redeploy_of_a_new_image_under_load() {
 
     // 4 clients asking `/`, 3 holding `/?sleep=3` (in flight on the old replica when the
     // cutover starts), from before the deploy until after it.
+    let load_wall = time::OffsetDateTime::now_utc();
     let load = Load::start("shop.lab.test", 4, 3);
+    let load_started = load.started;
     std::thread::sleep(Duration::from_secs(2));
     let (code, out) = d.apply();
     std::thread::sleep(Duration::from_secs(4));
@@ -222,11 +243,40 @@ fn zero_downtime_redeploy_of_a_new_image_under_load() {
         results.len(),
         failed.len()
     );
-    assert!(
-        failed.is_empty(),
-        "failed requests during the redeploy:\n{}",
-        failed.join("\n")
-    );
+    if !failed.is_empty() {
+        // What was running then (operations of both environments, by their recorded times).
+        let at: Vec<time::OffsetDateTime> = results
+            .iter()
+            .filter(|(_, _, r)| !matches!(r, Ok((200, b)) if app_line(b).is_some()))
+            .map(|(t, _, _)| load_wall + t.duration_since(load_started))
+            .collect();
+        let mut running = Vec::new();
+        for env in ["shop/production", "shop/staging"] {
+            for o in last_execution(d, env).operations {
+                let parse = |t: &Option<String>| {
+                    t.as_deref().and_then(|t| {
+                        time::OffsetDateTime::parse(
+                            t,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .ok()
+                    })
+                };
+                if let (Some(a), Some(b)) = (parse(&o.started_at), parse(&o.finished_at))
+                    && at
+                        .iter()
+                        .any(|t| a <= *t && *t <= b + Duration::from_secs(1))
+                {
+                    running.push(format!("{} {a} .. {b}", o.op_id));
+                }
+            }
+        }
+        panic!(
+            "failed requests during the redeploy:\n{}\noperations running then:\n{}\n{out}",
+            failed.join("\n"),
+            running.join("\n")
+        );
+    }
     assert!(new_answers > 0, "no request reached the new replicas");
     assert!(
         new_answers < results.len(),
@@ -234,7 +284,8 @@ fn zero_downtime_redeploy_of_a_new_image_under_load() {
     );
     let (_, body) = http_get("shop.lab.test").unwrap();
     assert!(
-        app_line(&body).is_some_and(|l| l.starts_with(&format!("shop {version} APP_ENV=production host="))),
+        app_line(&body)
+            .is_some_and(|l| l.starts_with(&format!("shop {version} APP_ENV=production host="))),
         "after the deploy: {body}"
     );
     let after = d.state().applied().unwrap();
@@ -244,7 +295,10 @@ fn zero_downtime_redeploy_of_a_new_image_under_load() {
         .image
         .clone()
         .unwrap();
-    assert_eq!(image.digest, digest, "the pushed variant is what was deployed");
+    assert_eq!(
+        image.digest, digest,
+        "the pushed variant is what was deployed"
+    );
 
     // The cutover: new upstreams first, then it waited until the old ones had no request in
     // flight, removed them, and only then stopped the old replicas.
@@ -300,6 +354,7 @@ fn zero_downtime_redeploy_of_a_new_image_under_load() {
             o.container
         );
     }
+    s.containers = containers();
 }
 
 /// A short random hex string (several runs share the registry).
@@ -315,8 +370,9 @@ fn keystone_nonce() -> String {
 #[test]
 fn unhealthy_new_image_fails_its_service_cancels_the_rest_and_is_removed() {
     let _lab = lock();
-    let g = deployed();
-    let d = g.as_ref().unwrap();
+    let mut g = deployed();
+    let s = g.as_mut().unwrap();
+    let d = &s.d;
     let before = d.state().applied().unwrap();
     let prod = before.environment("shop", "production").unwrap();
     let running = containers();
@@ -350,7 +406,9 @@ fn unhealthy_new_image_fails_its_service_cancels_the_rest_and_is_removed() {
     assert_eq!(code, 1, "an unhealthy deploy must exit 1:\n{out}");
     // The replicas' container health check (wget of /up) reports them unhealthy.
     assert!(
-        out.contains("failed shop/production/service_deploy/web/replica_deploy/web#1 · wait healthy"),
+        out.contains(
+            "failed shop/production/service_deploy/web/replica_deploy/web#1 · wait healthy"
+        ),
         "{out}"
     );
 
@@ -368,8 +426,11 @@ fn unhealthy_new_image_fails_its_service_cancels_the_rest_and_is_removed() {
             &format!("shop/production/service_deploy/web/replica_deploy/web#{i}"),
         );
         assert_eq!(r.status, keystone::execute::Status::Failed, "web#{i}");
-        let names: Vec<(&str, keystone::execute::Status)> =
-            r.steps.iter().map(|s| (s.name.as_str(), s.status)).collect();
+        let names: Vec<(&str, keystone::execute::Status)> = r
+            .steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.status))
+            .collect();
         use keystone::execute::Status::{Cancelled, Failed, Succeeded};
         assert_eq!(
             names,
@@ -387,11 +448,16 @@ fn unhealthy_new_image_fails_its_service_cancels_the_rest_and_is_removed() {
         assert_eq!(health.attempts, 3);
         let error = health.error.clone().unwrap_or_default();
         let old = &prod.services["web"].replicas[i - 1];
-        let new = format!("keystone-shop_production_web-{i}-{}", other_slot(&old.container));
+        let new = format!(
+            "keystone-shop_production_web-{i}-{}",
+            other_slot(&old.container)
+        );
         // `exit status 1: <the container's last log line>; on failure: …`
         assert!(
             error.starts_with("exit status 1: [::ffff:127.0.0.1]:")
-                && error.ends_with(&format!(" response:404; on failure: stopped and removed {new}")),
+                && error.ends_with(&format!(
+                    " response:404; on failure: stopped and removed {new}"
+                )),
             "web#{i}: {error}"
         );
         let text = step_text(health);
@@ -436,6 +502,7 @@ fn unhealthy_new_image_fails_its_service_cancels_the_rest_and_is_removed() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("shop/production: unchanged"), "{out}");
     assert_eq!(d.state().applied().unwrap(), before);
+    s.containers = containers();
 }
 
 /// `green` for a `…-blue` container and the other way round: the slot a new replica takes.
@@ -488,7 +555,14 @@ impl Drop for RegistryDown {
 
 fn registry_answers() -> bool {
     Command::new("curl")
-        .args(["-sf", "--max-time", "2", "-o", "/dev/null", "http://10.77.0.1:5000/v2/"])
+        .args([
+            "-sf",
+            "--max-time",
+            "2",
+            "-o",
+            "/dev/null",
+            "http://10.77.0.1:5000/v2/",
+        ])
         .status()
         .is_ok_and(|s| s.success())
 }
@@ -496,8 +570,9 @@ fn registry_answers() -> bool {
 #[test]
 fn registry_down_fails_the_deploy_naming_the_registry_and_touches_nothing() {
     let _lab = lock();
-    let g = deployed();
-    let d = g.as_ref().unwrap();
+    let mut g = deployed();
+    let s = g.as_mut().unwrap();
+    let d = &s.d;
     let before = d.state().applied().unwrap();
     let running = containers();
     let (_, served_before) = http_get("shop.lab.test").unwrap();
@@ -506,7 +581,11 @@ fn registry_down_fails_the_deploy_naming_the_registry_and_touches_nothing() {
     // A new variable: every replica is replaced, each pulls the (unchanged) image by digest.
     let mark = format!("registry-down-{}", std::process::id());
     d.edit(PRODUCTION, |t| {
-        t.replacen("variables:\n", &format!("variables:\n  DEPLOY_MARK: {mark}\n"), 1)
+        t.replacen(
+            "variables:\n",
+            &format!("variables:\n  DEPLOY_MARK: {mark}\n"),
+            1,
+        )
     });
     let (code, out) = {
         let _down = RegistryDown::stop();
@@ -517,7 +596,8 @@ fn registry_down_fails_the_deploy_naming_the_registry_and_touches_nothing() {
     assert_eq!(code, 1, "a deploy without its registry must exit 1:\n{out}");
 
     // Each replica's pull failed, naming the registry; nothing started, so nothing was removed.
-    let cause = "the registry 10.77.0.1:5000 is unreachable from this server (Docker's message is above)";
+    let cause =
+        "the registry 10.77.0.1:5000 is unreachable from this server (Docker's message is above)";
     assert!(out.contains(cause), "{out}");
     let exec = last_execution(d, "shop/production");
     for i in 1..=2 {
@@ -564,4 +644,5 @@ fn registry_down_fails_the_deploy_naming_the_registry_and_touches_nothing() {
     let (code, out) = d.apply();
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("shop/production: unchanged"), "{out}");
+    s.containers = containers();
 }
