@@ -474,6 +474,19 @@ fn unhealthy_new_image_fails_its_service_cancels_the_rest_and_is_removed() {
             text.ends_with(&format!("\non failure:\n Container {new}  Stopping\n Container {new}  Stopped\n Container {new}  Removing\n Container {new}  Removed\n Network {new}_default  Removing\n Network {new}_default  Removed\nstopped and removed {new}\n")),
             "web#{i} output:\n{text}"
         );
+        // Its files stay where `docker compose up` reproduces the failed start.
+        let dir = format!(
+            "/home/keystone/services/{}",
+            new.strip_prefix("keystone-").unwrap()
+        );
+        let kept = ssh_ok(
+            &old.server,
+            &format!(
+                "cd {} && test -f compose.yml && test -f .env && echo kept",
+                quote(&dir)
+            ),
+        );
+        assert_eq!(kept.trim(), "kept", "{dir}");
         let gone = ssh(&old.server, &format!("docker inspect {}", quote(&new)));
         assert!(
             !gone.status.success(),

@@ -274,13 +274,16 @@ pub fn compose_down_script(dir: &str, project: &str) -> String {
     )
 }
 
-/// The `on_failure` of a new replica's start and health steps: `compose_down_script` of its
-/// project, then one line saying so (the step's error ends with it).
+/// The `on_failure` of a new replica's start and health steps: `docker compose down` of its
+/// project (container and network removed, named volumes kept), then one line saying so (the
+/// step's error ends with it). Its files stay in `dir`, where `docker compose up` reproduces the
+/// failed start; the next deploy of that slot uploads them again.
 pub fn replica_clean_up_script(dir: &str, project: &str) -> String {
     format!(
-        "{}echo {}\n",
-        compose_down_script(dir, project),
-        quote(&format!("stopped and removed {project}"))
+        "set -eu\nif [ -f {file} ]; then {down}; fi\necho {said}\n",
+        file = quote(&format!("{dir}/compose.yml")),
+        down = compose(dir, project, &["down", "--remove-orphans"]),
+        said = quote(&format!("stopped and removed {project}")),
     )
 }
 
