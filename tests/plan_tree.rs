@@ -269,7 +269,7 @@ fn multi_server_replicas_pull_by_digest_before_start() {
             panic!()
         };
         assert!(
-            script.contains("\nif ! docker_said=$(docker pull --quiet '10.77.0.1:5000/acme/shop@{{digest:shop}}' 2>&1 >/dev/null); then\n"),
+            script.contains("\nexec 3>&1\nif ! docker_said=$(docker pull --quiet '10.77.0.1:5000/acme/shop@{{digest:shop}}' 2>&1 >&3); then\n"),
             "{script}"
         );
         // A new replica that does not start or become healthy is removed again (its own

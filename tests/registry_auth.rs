@@ -4,8 +4,9 @@
 //!
 //! - the pull script logs in with the credentials read from stdin, pulls by digest, and removes
 //!   its throw-away DOCKER_CONFIG (which holds the login token) on exit;
-//! - a wrong password fails the step with the registry's 401, and the password appears in neither
-//!   the script, its output nor the error;
+//! - a wrong password fails the step with the registry's 401 (docker login's stderr is shown when
+//!   it fails, and only then), and the password appears in neither the script, its output nor the
+//!   error;
 //! - the HTTP digest resolver (external_registry) answers the basic challenge with the
 //!   credentials and resolves the tag to the digest `docker push` printed; wrong or missing
 //!   credentials are an error that says to check them.
@@ -276,6 +277,10 @@ async fn credentials_reach_a_registry_that_requires_them_and_nowhere_else() {
     let (code, stdout, stderr) = pull(&reference, &login(&host, PASSWORD), &tmp).await;
     assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
     assert!(!stdout.contains(PASSWORD) && !stderr.contains(PASSWORD));
+    // Only what `docker pull --quiet` printed: not docker login's warning that the throw-away
+    // config.json holds the token unencrypted.
+    assert_eq!(stderr, format!("{reference}\n"));
+    assert_eq!(stdout, format!("{reference}\n"));
     assert!(
         !tmp.exists(),
         "the DOCKER_CONFIG with the login token is removed"

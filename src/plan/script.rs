@@ -196,8 +196,9 @@ pub fn build_script(b: &BuildSpec) -> String {
     s
 }
 
-/// `docker pull <reference>`, logging in first when the registry needs credentials. A failed
-/// pull ends with a line naming the registry (Docker's own message above it).
+/// `docker pull <reference>`, logging in first when the registry needs credentials. Its stdout
+/// (the reference) passes through; its stderr is shown only when it fails, followed by a line
+/// naming the registry.
 pub fn pull_script(reference: &str, login: Option<&RegistryLogin>, tmp: &str) -> String {
     let mut s = String::from("set -eu\n");
     if let Some(login) = login {
@@ -207,7 +208,7 @@ pub fn pull_script(reference: &str, login: Option<&RegistryLogin>, tmp: &str) ->
     }
     let host = registry_host(reference);
     s.push_str(&format!(
-        "if ! docker_said=$(docker pull --quiet {} 2>&1 >/dev/null); then\n{}fi\n",
+        "exec 3>&1\nif ! docker_said=$(docker pull --quiet {} 2>&1 >&3); then\n{}fi\n",
         quote(reference),
         registry_failure(
             host,
