@@ -50,6 +50,7 @@ fn noop(server: &str) -> Step {
         timeout: Duration::from_secs(30),
         idempotent: false,
         capture: None,
+        on_failure: None,
     }
 }
 

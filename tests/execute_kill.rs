@@ -38,6 +38,7 @@ fn step(server: &str, name: &str, script: String) -> Step {
         timeout: Duration::from_secs(60),
         idempotent: true,
         capture: None,
+        on_failure: None,
     }
 }
 
@@ -86,6 +87,7 @@ fn the_plan(dir: &str) -> Plan {
                     timeout: Duration::from_secs(30),
                     idempotent: true,
                     capture: None,
+                    on_failure: None,
                 },
                 step(server, "start", format!("sleep 4; cp {d}/compose.yml {d}/started.yml", d = q(dir))),
             ],

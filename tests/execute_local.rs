@@ -60,6 +60,7 @@ async fn a_timed_out_step_leaves_no_process_behind() {
             timeout: Duration::from_millis(200),
             idempotent: false,
             capture: None,
+            on_failure: None,
         }],
         children_mode: Children::Sequential,
         children: vec![],

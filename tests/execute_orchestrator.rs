@@ -180,6 +180,7 @@ fn step_on(server: &str, script: &str) -> Step {
         timeout: Duration::from_secs(10),
         idempotent: false,
         capture: None,
+        on_failure: None,
     }
 }
 
@@ -683,6 +684,67 @@ async fn only_idempotent_steps_are_retried() {
 }
 
 #[tokio::test]
+async fn on_failure_runs_once_after_the_last_attempt_on_the_same_target() {
+    let h = harness(fast());
+    let mut failing = step_on("s1", "fail");
+    failing.idempotent = true;
+    failing.on_failure = Some("print stopped and removed new-replica\\n".into());
+    let mut fine = step_on("s2", "ok");
+    fine.on_failure = Some("fail".into());
+    let tree = parallel(op(
+        "root",
+        None,
+        vec![],
+        vec![
+            op("a", Some("s2"), vec![fine], vec![]),
+            op("b", Some("s1"), vec![failing], vec![]),
+            op("c", Some("s1"), vec![step_on("s1", "ok")], vec![]),
+        ],
+    ));
+    let report = h.exec.execute(&tree, &Shutdown::new()).await;
+    // Three attempts of the step, then its clean-up once, on its server; the succeeded step's
+    // clean-up never runs, and nothing after the failure starts.
+    assert_eq!(
+        h.rec
+            .started()
+            .into_iter()
+            .filter(|s| s.starts_with("s1"))
+            .collect::<Vec<_>>(),
+        [
+            "s1: fail",
+            "s1: fail",
+            "s1: fail",
+            "s1: print stopped and removed new-replica\\n"
+        ]
+    );
+    assert_eq!(
+        h.rec.started().iter().filter(|s| *s == "s2: fail").count(),
+        0
+    );
+    let b = report.operation("b").unwrap();
+    assert_eq!(b.status, Status::Failed);
+    assert_eq!(b.steps[0].attempts, 3);
+    assert_eq!(
+        b.steps[0].error.as_deref(),
+        Some("exit status 3: it broke; on failure: stopped and removed new-replica")
+    );
+    assert_eq!(report.operation("c").unwrap().status, Status::Cancelled);
+
+    // A clean-up that fails says so; the step's own cause stays first.
+    let h = harness(fast());
+    let mut failing = step_on("s1", "fail");
+    failing.on_failure = Some("fail".into());
+    let report = h
+        .exec
+        .execute(&op("root", None, vec![failing], vec![]), &Shutdown::new())
+        .await;
+    assert_eq!(
+        report.root.steps[0].error.as_deref(),
+        Some("exit status 3: it broke; on failure: the clean-up failed (exit status 3: it broke)")
+    );
+}
+
+#[tokio::test]
 async fn shutdown_gives_running_steps_a_grace_period_and_starts_nothing_new() {
     // A step longer than the grace period is interrupted.
     let h = harness(ExecuteOptions {
@@ -785,6 +847,7 @@ fn upload_step(server: &str, path: &str, contents: &[u8]) -> Step {
         timeout: Duration::from_secs(5),
         idempotent: true,
         capture: None,
+        on_failure: None,
     }
 }
 
@@ -927,6 +990,7 @@ async fn resolve_digest_steps_capture_what_the_resolver_answers() {
         timeout: Duration::from_secs(5),
         idempotent: true,
         capture: Some("digest:shop".into()),
+        on_failure: None,
     };
     let rec = Arc::new(Recording::default());
     let exec = Executor::new(

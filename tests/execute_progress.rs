@@ -22,6 +22,7 @@ fn step(name: &str, script: &str) -> Step {
         timeout: Duration::from_secs(10),
         idempotent: false,
         capture: None,
+        on_failure: None,
     }
 }
 

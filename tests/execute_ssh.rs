@@ -27,6 +27,7 @@ fn run_on(server: &str, name: &str, script: &str) -> Step {
         timeout: Duration::from_secs(30),
         idempotent: true,
         capture: None,
+        on_failure: None,
     }
 }
 
@@ -46,6 +47,7 @@ fn upload_on(server: &str, path: &str, mode: u32, bytes: Vec<u8>) -> Step {
         timeout: Duration::from_secs(60),
         idempotent: true,
         capture: None,
+        on_failure: None,
     }
 }
 

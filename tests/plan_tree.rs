@@ -269,9 +269,39 @@ fn multi_server_replicas_pull_by_digest_before_start() {
             panic!()
         };
         assert!(
-            script.ends_with("docker pull --quiet '10.77.0.1:5000/acme/shop@{{digest:shop}}'\n"),
+            script.contains("\nexec 3>&1\nif ! docker_said=$(docker pull --quiet '10.77.0.1:5000/acme/shop@{{digest:shop}}' 2>&1 >&3); then\n"),
             "{script}"
         );
+        // A new replica that does not start or become healthy is removed again (its own
+        // project, never the one it replaces); uploads and the pull leave nothing running.
+        let container = r.steps[3..]
+            .iter()
+            .find_map(|s| match &s.action {
+                StepAction::Run { script, .. } if s.name == "wait healthy" => script
+                    .lines()
+                    .find_map(|l| l.strip_prefix("container="))
+                    .map(str::to_string),
+                _ => None,
+            })
+            .expect("wait healthy names the container");
+        for s in &r.steps {
+            match s.name.as_str() {
+                "start" | "wait healthy" | "probe /up" => {
+                    let clean_up = s
+                        .on_failure
+                        .as_deref()
+                        .unwrap_or_else(|| panic!("{}: no on_failure", s.name));
+                    assert!(clean_up.contains(" down --remove-orphans"), "{clean_up}");
+                    assert!(
+                        clean_up.ends_with(&format!("echo 'stopped and removed '{container}\n"))
+                            || clean_up
+                                .ends_with(&format!("echo 'stopped and removed {container}'\n")),
+                        "{clean_up}"
+                    );
+                }
+                _ => assert_eq!(s.on_failure, None, "{}", s.name),
+            }
+        }
         assert_eq!(r.steps[2].target, Target::Server(r.server.clone().unwrap()));
         assert_eq!(
             stdin.as_ref().unwrap().bytes,

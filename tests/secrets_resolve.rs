@@ -210,6 +210,7 @@ async fn a_step_printing_a_secret_is_stored_and_printed_redacted() {
             timeout: Duration::from_secs(20),
             idempotent: false,
             capture: None,
+            on_failure: None,
         }],
         children_mode: Children::Sequential,
         children: vec![],

@@ -27,6 +27,7 @@ fn run(name: &str, script: &str) -> Step {
         timeout: Duration::from_secs(20),
         idempotent: false,
         capture: None,
+        on_failure: None,
     }
 }
 
@@ -88,6 +89,7 @@ async fn an_execution_is_recorded_with_order_status_errors_and_redacted_output()
                     timeout: Duration::from_secs(5),
                     idempotent: true,
                     capture: None,
+                    on_failure: None,
                 }],
                 vec![op(
                     "shop/production/web/web#1",
@@ -542,6 +544,7 @@ async fn secret_and_generated_placeholders_are_filled_from_secrets_and_state_and
                 timeout: Duration::from_secs(5),
                 idempotent: true,
                 capture: None,
+                on_failure: None,
             },
             Step {
                 name: "login".into(),
@@ -556,6 +559,7 @@ async fn secret_and_generated_placeholders_are_filled_from_secrets_and_state_and
                 timeout: Duration::from_secs(5),
                 idempotent: false,
                 capture: None,
+                on_failure: None,
             },
         ],
         vec![],

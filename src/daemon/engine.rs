@@ -1183,6 +1183,7 @@ mod tests {
                 timeout: Duration::from_secs(5),
                 idempotent: true,
                 capture: None,
+                on_failure: None,
             }],
             children_mode: Children::Sequential,
             children,

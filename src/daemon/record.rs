@@ -251,6 +251,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             idempotent: false,
             capture: None,
+            on_failure: None,
         }
     }
 

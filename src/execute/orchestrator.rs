@@ -9,6 +9,8 @@
 //!   cancelled. An operation that had already started on another lane finishes its own steps;
 //! - an operation with no steps and no children succeeds;
 //! - every attempt of a step is bounded by the step's timeout; only idempotent steps are retried;
+//! - a step that failed for good runs its `on_failure` clean-up (if any) on its target before it
+//!   is reported failed; the clean-up's outcome ends the step's error;
 //! - on shutdown nothing new starts, running steps get a grace period, and whatever was still
 //!   running is reported `interrupted`.
 
@@ -474,6 +476,19 @@ impl<'e> Run<'e> {
                 && attempt < attempts
                 && !self.shutdown.is_triggered();
             let retry_in = retry.then(|| options.backoff * 2u32.saturating_pow(attempt - 1));
+            let mut error = error;
+            if status == Status::Failed
+                && retry_in.is_none()
+                && let Some(script) = &step.on_failure
+            {
+                // Nothing new starts elsewhere while the clean-up runs.
+                self.halted.store(true, Ordering::SeqCst);
+                let outcome = self.clean_up(step, script, &mut out).await;
+                error = Some(format!(
+                    "{}; {outcome}",
+                    error.as_deref().unwrap_or("failed")
+                ));
+            }
             self.emit(Event::StepFinished {
                 op,
                 index,
@@ -507,6 +522,48 @@ impl<'e> Run<'e> {
                     };
                 }
             }
+        }
+    }
+
+    /// Run a failed step's `on_failure` script on its target (output appended to the step's,
+    /// after an `on failure:` line); what happened, for the step's error.
+    async fn clean_up(&self, step: &Step, script: &str, out: &mut Output<'_>) -> String {
+        out.push(Stream::Stderr, b"on failure:\n");
+        out.finish();
+        out.last_stderr_line = None;
+        let printed = out.stdout.total_bytes;
+        let run = self
+            .exec
+            .transport
+            .run(&step.target, script, None, CLEAN_UP_TIMEOUT, out);
+        let result = tokio::time::timeout(CLEAN_UP_TIMEOUT, run).await;
+        out.finish();
+        let said = |out: &Output<'_>| {
+            out.last_stderr_line
+                .as_ref()
+                .map(|l| format!(": {l}"))
+                .unwrap_or_default()
+        };
+        match result {
+            Ok(Ok(Some(0))) => match out
+                .capture_value()
+                .filter(|_| out.stdout.total_bytes > printed)
+            {
+                Some(line) => format!("on failure: {line}"),
+                None => "on failure: clean-up done".to_string(),
+            },
+            Ok(Ok(Some(code))) => {
+                format!(
+                    "on failure: the clean-up failed (exit status {code}{})",
+                    said(out)
+                )
+            }
+            Ok(Ok(None)) => "on failure: the clean-up was killed by a signal".to_string(),
+            Ok(Err(e)) => format!("on failure: the clean-up failed ({e})"),
+            Err(_) => format!(
+                "on failure: the clean-up timed out after {}",
+                human(CLEAN_UP_TIMEOUT)
+            ),
         }
     }
 
@@ -617,6 +674,9 @@ impl<'e> Run<'e> {
         }
     }
 }
+
+/// Bound of a failed step's `on_failure` clean-up.
+const CLEAN_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `90s`, `1.5s`, `250ms`.
 pub fn human(d: Duration) -> String {

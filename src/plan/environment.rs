@@ -1323,6 +1323,7 @@ fn build_op(e: &Env<'_>, source_commit: Option<&str>) -> Operation {
                 timeout: SHORT,
                 idempotent: true,
                 capture: Some(Placeholder::digest_name(app)),
+                on_failure: None,
             });
         }
         _ => {
@@ -1381,6 +1382,7 @@ fn build_op(e: &Env<'_>, source_commit: Option<&str>) -> Operation {
                 timeout: BUILD,
                 idempotent: true,
                 capture: Some(Placeholder::digest_name(app)),
+                on_failure: None,
             });
         }
     }
@@ -1459,6 +1461,14 @@ fn replica_op(e: &Env<'_>, parent: &str, w: &Want, stop_previous: bool) -> Opera
     let dir = replica_dir(e, w);
     r.steps.extend(replica_upload_steps(w));
     r.steps.extend(pull_step(e, &w.server));
+    // A new replica that does not start or become healthy is stopped and removed again, so it
+    // does not linger beside the old one (never the running one: its container name differs).
+    let clean_up = w
+        .previous
+        .as_ref()
+        .is_none_or(|p| p.container != w.name && project_of(p) != w.name)
+        .then(|| script::replica_clean_up_script(&dir, &w.name));
+    let started = r.steps.len();
     r.steps.push(script::run(
         "start",
         &target,
@@ -1491,6 +1501,9 @@ fn replica_op(e: &Env<'_>, parent: &str, w: &Want, stop_previous: bool) -> Opera
             svc.health.timeout + Duration::from_secs(30),
             true,
         ));
+    }
+    for step in &mut r.steps[started..] {
+        step.on_failure = clean_up.clone();
     }
     if stop_previous && let Some(p) = &w.previous {
         r.steps.push(script::run(

@@ -107,6 +107,12 @@ pub struct Step {
     /// When set, the step's trimmed stdout's last line is stored under this name and substituted
     /// for `{{name}}` placeholders (see `Placeholder`) in later steps' scripts and files.
     pub capture: Option<String>,
+    /// Clean-up run on the same target, once, when this step has failed for good (after its
+    /// last attempt; not after an interruption): e.g. stop and remove the new replica whose
+    /// health check failed, so it does not linger beside the old one. A complete `sh` program,
+    /// quoted like `action`'s scripts; its outcome is appended to the step's output and error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
 }
 
 /// What a step does. Scripts are complete `sh` programs in which every interpolated value is

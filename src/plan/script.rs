@@ -36,6 +36,7 @@ pub fn run(
         timeout,
         idempotent,
         capture: None,
+        on_failure: None,
     }
 }
 
@@ -58,6 +59,7 @@ pub fn upload(
         timeout: Duration::from_secs(60),
         idempotent: true,
         capture: None,
+        on_failure: None,
     }
 }
 
@@ -84,14 +86,31 @@ impl RegistryLogin {
 }
 
 /// Lines that log in to a registry with a throw-away `DOCKER_CONFIG` (under `dir`, removed with
-/// it), reading the credentials from stdin. What `docker login` says on stderr is shown only
-/// when it fails: on success it is only the warning that the throw-away config.json holds the
-/// token unencrypted.
+/// it), reading the credentials from stdin. A refused login ends with a line naming the registry.
 fn login_lines(login: &RegistryLogin, docker_config: &str) -> String {
     format!(
-        "mkdir -p {dc}\nexport DOCKER_CONFIG={dc}\nIFS= read -r registry_user\nIFS= read -r registry_password\nprintf '%s\\n' \"$registry_password\" | docker login --username \"$registry_user\" --password-stdin {host} >/dev/null 2>\"$DOCKER_CONFIG/login.err\" || {{ cat \"$DOCKER_CONFIG/login.err\" >&2; exit 1; }}\nunset registry_password\n",
+        "mkdir -p {dc}\nexport DOCKER_CONFIG={dc}\nIFS= read -r registry_user\nIFS= read -r registry_password\nif ! docker_said=$(printf '%s\\n' \"$registry_password\" | docker login --username \"$registry_user\" --password-stdin {host} 2>&1 >/dev/null); then\n{failed}fi\nunset registry_password\n",
         dc = quote(docker_config),
         host = quote(&login.host),
+        failed = registry_failure(
+            &login.host,
+            &format!(
+                "the registry {} refused the login (Docker's message is above): check its username and password",
+                login.host
+            )
+        ),
+    )
+}
+
+/// Lines (inside an `if`) that print Docker's failed answer (`$docker_said`) to stderr, then one
+/// line naming the registry: unreachable when Docker could not connect, else `otherwise`; exit 1.
+fn registry_failure(host: &str, otherwise: &str) -> String {
+    format!(
+        "  printf '%s\\n' \"$docker_said\" >&2\n  case \"$docker_said\" in\n    *'dial tcp'*|*'no such host'*|*'i/o timeout'*|*'connection refused'*) echo {unreachable} >&2 ;;\n    *) echo {otherwise} >&2 ;;\n  esac\n  exit 1\n",
+        unreachable = quote(&format!(
+            "the registry {host} is unreachable from this server (Docker's message is above)"
+        )),
+        otherwise = quote(otherwise),
     )
 }
 
@@ -177,7 +196,9 @@ pub fn build_script(b: &BuildSpec) -> String {
     s
 }
 
-/// `docker pull <reference>`, logging in first when the registry needs credentials.
+/// `docker pull <reference>`, logging in first when the registry needs credentials. Its stdout
+/// (the reference) passes through; its stderr is shown only when it fails, followed by a line
+/// naming the registry.
 pub fn pull_script(reference: &str, login: Option<&RegistryLogin>, tmp: &str) -> String {
     let mut s = String::from("set -eu\n");
     if let Some(login) = login {
@@ -185,8 +206,27 @@ pub fn pull_script(reference: &str, login: Option<&RegistryLogin>, tmp: &str) ->
         s.push_str("trap 'rm -rf -- \"$tmp\"' EXIT\n");
         s.push_str(&login_lines(login, tmp));
     }
-    s.push_str(&format!("docker pull --quiet {}\n", quote(reference)));
+    let host = registry_host(reference);
+    s.push_str(&format!(
+        "exec 3>&1\nif ! docker_said=$(docker pull --quiet {} 2>&1 >&3); then\n{}fi\n",
+        quote(reference),
+        registry_failure(
+            host,
+            &format!(
+                "cannot pull {reference} from the registry {host} (Docker's message is above)"
+            )
+        ),
+    ));
     s
+}
+
+/// The registry part of an image reference (`10.77.0.1:5000` of `10.77.0.1:5000/acme/shop@…`):
+/// Docker's rule, a first component with a `.` or `:` or `localhost`; otherwise Docker Hub.
+fn registry_host(reference: &str) -> &str {
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
+        _ => "docker.io",
+    }
 }
 
 /// `docker compose <args>` for the project in `dir`, the one way Compose is driven
@@ -232,6 +272,19 @@ pub fn compose_down_script(dir: &str, project: &str) -> String {
         file = quote(&format!("{dir}/compose.yml")),
         down = compose(dir, project, &["down", "--remove-orphans"]),
         dir = quote(dir),
+    )
+}
+
+/// The `on_failure` of a new replica's start and health steps: `docker compose down` of its
+/// project (container and network removed, named volumes kept), then one line saying so (the
+/// step's error ends with it). Its files stay in `dir`, where `docker compose up` reproduces the
+/// failed start; the next deploy of that slot uploads them again.
+pub fn replica_clean_up_script(dir: &str, project: &str) -> String {
+    format!(
+        "set -eu\nif [ -f {file} ]; then {down}; fi\necho {said}\n",
+        file = quote(&format!("{dir}/compose.yml")),
+        down = compose(dir, project, &["down", "--remove-orphans"]),
+        said = quote(&format!("stopped and removed {project}")),
     )
 }
 
@@ -411,6 +464,66 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_pull_or_login_names_the_registry() {
+        // Run the pull script against a fake docker that fails the way Docker does.
+        let dir = tempfile::tempdir().unwrap();
+        let docker = dir.path().join("docker");
+        std::fs::write(&docker, "#!/bin/sh\necho \"$FAKE_DOCKER\" >&2\nexit 1\n").unwrap();
+        std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let credentials = dir.path().join("credentials");
+        std::fs::write(&credentials, "u\np\n").unwrap();
+        let run = |script: &str, said: &str| {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+                .env("FAKE_DOCKER", said)
+                .stdin(std::fs::File::open(&credentials).unwrap())
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1));
+            String::from_utf8(out.stderr).unwrap()
+        };
+        let refused = "Error response from daemon: Get \"http://10.77.0.1:5000/v2/\": dial tcp 10.77.0.1:5000: connect: connection refused";
+        let pull = pull_script("10.77.0.1:5000/acme/shop@sha256:ab", None, "/t");
+        sh_syntax_ok(&pull);
+        assert_eq!(
+            run(&pull, refused),
+            format!(
+                "{refused}\nthe registry 10.77.0.1:5000 is unreachable from this server (Docker's message is above)\n"
+            )
+        );
+        assert_eq!(
+            run(&pull, "manifest unknown"),
+            "manifest unknown\ncannot pull 10.77.0.1:5000/acme/shop@sha256:ab from the registry 10.77.0.1:5000 (Docker's message is above)\n"
+        );
+        let tmp = dir.path().join("login");
+        let login = RegistryLogin {
+            host: "10.77.0.1:5000".into(),
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let with_login = pull_script(
+            "10.77.0.1:5000/acme/shop@sha256:ab",
+            Some(&login),
+            tmp.to_str().unwrap(),
+        );
+        sh_syntax_ok(&with_login);
+        assert_eq!(
+            run(
+                &with_login,
+                "Error response from daemon: login attempt to http://10.77.0.1:5000/v2/ failed with status: 401 Unauthorized"
+            ),
+            "Error response from daemon: login attempt to http://10.77.0.1:5000/v2/ failed with status: 401 Unauthorized\nthe registry 10.77.0.1:5000 refused the login (Docker's message is above): check its username and password\n"
+        );
+        assert!(!tmp.exists());
+        assert_eq!(registry_host("acme/shop:1"), "docker.io");
+        assert_eq!(registry_host("localhost/shop:1"), "localhost");
+        assert_eq!(registry_host("ghcr.io/o/r@sha256:x"), "ghcr.io");
+    }
+
+    #[test]
     fn local_build_does_not_push() {
         let mut b = hostile_build();
         b.push = None;
@@ -459,6 +572,7 @@ mod tests {
         ));
         sh_syntax_ok(&compose_up_script("/a b", "p'q"));
         sh_syntax_ok(&compose_down_script("/a b", "p'q"));
+        sh_syntax_ok(&replica_clean_up_script("/a b", "p'q$(id)"));
         sh_syntax_ok(&wait_healthy_script("c'$(id)", t));
         sh_syntax_ok(&replica_probe_script(
             "c'$(id)",

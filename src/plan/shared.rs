@@ -157,6 +157,7 @@ pub(super) fn plan_services(
                 timeout: SHORT,
                 idempotent: true,
                 capture: Some(capture.clone()),
+                on_failure: None,
             });
         }
         let routes = drivers::caddy2::routes(model, name, &upstreams);
