@@ -66,9 +66,15 @@ impl Diagnostic {
     ///
     /// `source_text` is the file's text; when the line is not in it only the first line is printed.
     pub fn render(&self, source_text: &str) -> String {
+        // Control characters (a file name or value with ESC sequences or newlines) are shown
+        // escaped: printed raw they would rewrite the terminal or break the lines.
         let mut out = format!(
             "{}:{}:{}: error[{}]: {}\n",
-            self.file, self.line, self.column, self.code, self.message
+            printable(&self.file),
+            self.line,
+            self.column,
+            self.code,
+            printable(&self.message)
         );
         let gutter = self.line.to_string().len();
         let pad = " ".repeat(gutter);
@@ -80,14 +86,17 @@ impl Diagnostic {
             let lead: String = text
                 .chars()
                 .take(self.column.saturating_sub(1) as usize)
-                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .map(|c| match c {
+                    '\t' => "\t".to_string(),
+                    c => " ".repeat(printable(&c.to_string()).chars().count()),
+                })
                 .collect();
             out.push_str(&format!("{pad} |\n"));
-            out.push_str(&format!("{} | {}\n", self.line, text));
+            out.push_str(&format!("{} | {}\n", self.line, printable(text)));
             out.push_str(&format!("{pad} | {lead}^\n"));
         }
         if let Some(hint) = &self.hint {
-            out.push_str(&format!("{pad} = hint: {hint}\n"));
+            out.push_str(&format!("{pad} = hint: {}\n", printable(hint)));
         }
         out
     }
@@ -96,6 +105,22 @@ impl Diagnostic {
     pub fn location(&self) -> String {
         format!("{}:{}:{}", self.file, self.line, self.column)
     }
+}
+
+/// `s` with every control character but tab escaped (`\u{1b}`, `\n`).
+fn printable(s: &str) -> String {
+    if !s.chars().any(|c| c.is_control() && c != '\t') {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// The JSON form of a list of diagnostics, as `keystone validate --format json` prints it.
@@ -140,6 +165,23 @@ mod tests {
         assert_eq!(
             to_json(std::slice::from_ref(&d)).to_string(),
             r#"[{"file":"servers/web-1.yaml","line":2,"column":3,"code":"unknown-key","message":"unknown key `hots` in a server","hint":"did you mean `host`?"}]"#
+        );
+    }
+
+    #[test]
+    fn control_characters_are_shown_escaped_and_the_caret_still_lines_up() {
+        let d = Diagnostic {
+            file: "servers/x\u{1b}]0;pwn\u{7}.yaml".into(),
+            line: 1,
+            column: 9,
+            code: "invalid-value",
+            message: "`host` is \"\u{1b}[2J\"".into(),
+            hint: None,
+            scope: Scope::Project,
+        };
+        assert_eq!(
+            d.render("host: \"\u{1b}[2Jx\"\n"),
+            "servers/x\\u{1b}]0;pwn\\u{7}.yaml:1:9: error[invalid-value]: `host` is \"\\u{1b}[2J\"\n  |\n1 | host: \"\\u{1b}[2Jx\"\n  |              ^\n"
         );
     }
 }
