@@ -106,7 +106,7 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
                 serde_saphyr::Error::DuplicateMappingKey { .. } => {
                     "a key appears twice in the same mapping".to_string()
                 }
-                other => clean_message(&other.to_string()),
+                other => limit_message(&clean_message(&other.to_string())),
             };
             Err(SyntaxError {
                 pos,
@@ -114,6 +114,20 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
                 message,
             })
         }
+    }
+}
+
+/// The parser's resource limits (its "budget": nodes, aliases, nesting) in words a user can act
+/// on; other messages unchanged.
+fn limit_message(m: &str) -> String {
+    if m.contains("budget breached") {
+        "the file is too large or too deeply aliased for a config file (more nodes or alias \
+         expansions than Keystone reads); split it or remove the anchors/aliases"
+            .into()
+    } else if m.contains("recursion limit exceeded") {
+        "the file nests too deeply for a config file; flatten it".into()
+    } else {
+        m.to_string()
     }
 }
 
@@ -270,5 +284,22 @@ mod tests {
     #[test]
     fn empty_document_is_null() {
         assert_eq!(parse("# nothing\n\n").unwrap().kind, Kind::Null);
+    }
+
+    #[test]
+    fn resource_limits_are_said_in_words() {
+        let huge: String = std::iter::once("roles:\n".to_string())
+            .chain((0..300_000).map(|i| format!("  - r{i}\n")))
+            .collect();
+        assert_eq!(
+            parse(&huge).unwrap_err().message,
+            "the file is too large or too deeply aliased for a config file (more nodes or alias \
+             expansions than Keystone reads); split it or remove the anchors/aliases"
+        );
+        let deep = format!("host: {}{}\n", "[".repeat(2000), "]".repeat(2000));
+        assert_eq!(
+            parse(&deep).unwrap_err().message,
+            "the file nests too deeply for a config file; flatten it"
+        );
     }
 }
