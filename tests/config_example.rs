@@ -191,3 +191,42 @@ fn validate_of_a_missing_commit_says_so_once_without_libgit2_codes() {
         "error: cannot resolve `deadbeef` to a commit: revspec 'deadbeef' not found\n"
     );
 }
+
+#[test]
+fn validate_reports_what_would_block_the_plan_of_a_loadable_config() {
+    // DB_HOST is exported by the attached Postgres and cannot be overridden: the loader accepts
+    // the file, the planner would block production; validate says so with file:line:col.
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-r")
+            .arg(format!("{}/.", example().display()))
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let prod = dir
+        .path()
+        .join("applications/shop/environments/production.yaml");
+    let text = std::fs::read_to_string(&prod).unwrap();
+    std::fs::write(
+        &prod,
+        text.replacen("variables:\n", "variables:\n  DB_HOST: evil\n", 1),
+    )
+    .unwrap();
+    let out = assert_cmd::Command::cargo_bin("keystone")
+        .unwrap()
+        .args(["validate", "--repo"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "applications/shop/environments/production.yaml:46:3: error[variables]: variable DB_HOST \
+         collides with DB_HOST exported by main-postgres[shop/production] (attachment at \
+         applications/shop/environments/production.yaml:35:5), which cannot be overridden; remove \
+         it from variables\n   |\n46 |   DB_HOST: evil\n   |   ^\n\ninvalid: 1 error\n"
+    );
+}

@@ -41,6 +41,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             config::load_rev(&repo, rev)?
         }
     };
+    let mut loaded = loaded;
+    let found = planner_findings(&loaded);
+    if args.rev.is_none() {
+        // The loader keeps the text of files with a problem only; these were fine to it.
+        for d in &found {
+            if !loaded.sources.contains_key(&d.file)
+                && let Ok(text) = std::fs::read_to_string(args.repo.join(&d.file))
+            {
+                loaded.sources.insert(d.file.clone(), text);
+            }
+        }
+    }
+    loaded.diagnostics.extend(found);
     let mut out = std::io::stdout().lock();
     match args.format {
         Format::Json => {
@@ -61,4 +74,59 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Blocker codes only the planner finds in a config the loader accepts.
+const PLANNER_ONLY: [&str; 2] = ["variables", "host-ports-exhausted"];
+
+/// What would block a first deploy of a config the loader accepts (a variable that collides with
+/// an attached service's export, no free host port): the planner's findings of those kinds, as
+/// diagnostics, so `validate` fails where `plan` would.
+fn planner_findings(loaded: &config::Loaded) -> Vec<config::Diagnostic> {
+    use keystone::plan;
+    let findings = keystone::prepare::scoped_findings(&loaded.diagnostics);
+    let ctx = plan::PlanContext {
+        config_commit: "validate".into(),
+        operation_prefix: "validate".into(),
+        ..plan::PlanContext::default()
+    };
+    let planned = plan::plan(
+        plan::Desired {
+            model: &loaded.model,
+            diagnostics: &findings,
+        },
+        &plan::Applied::default(),
+        &ctx,
+    );
+    let environments = planned.environments.iter().flat_map(|e| {
+        let scope = config::Scope::Environment {
+            app: e.app.clone(),
+            env: e.env.clone(),
+        };
+        e.blockers.iter().map(move |b| (scope.clone(), b))
+    });
+    let services = planned
+        .services
+        .iter()
+        .flat_map(|s| s.blockers.iter().map(|b| (config::Scope::Project, b)));
+    environments
+        .chain(services)
+        .filter_map(|(scope, b)| {
+            let code = PLANNER_ONLY.iter().find(|c| **c == b.code)?;
+            let location = b.location.as_deref()?;
+            let mut parts = location.rsplitn(3, ':');
+            let column = parts.next()?.parse().ok()?;
+            let line = parts.next()?.parse().ok()?;
+            let file = parts.next()?.to_string();
+            Some(config::Diagnostic {
+                file,
+                line,
+                column,
+                code,
+                message: b.message.clone(),
+                hint: b.hint.clone(),
+                scope,
+            })
+        })
+        .collect()
 }
