@@ -230,3 +230,54 @@ fn validate_reports_what_would_block_the_plan_of_a_loadable_config() {
          it from variables\n   |\n46 |   DB_HOST: evil\n   |   ^\n\ninvalid: 1 error\n"
     );
 }
+
+#[test]
+fn unquoted_values_yaml_would_change_are_errors() {
+    // `yes` would reach the container as `true`, `0x1F` as `31`: only canonical forms pass.
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-r")
+            .arg(format!("{}/.", example().display()))
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let prod = dir
+        .path()
+        .join("applications/shop/environments/production.yaml");
+    let text = std::fs::read_to_string(&prod).unwrap();
+    let extra =
+        "variables:\n  BOOL: yes\n  OCT: 0o17\n  INT: 42\n  TRUE: true  # fine\n  Q: \"yes\"\n";
+    std::fs::write(&prod, text.replacen("variables:\n", extra, 1)).unwrap();
+    let loaded = config::load_dir(dir.path()).unwrap();
+    let got: Vec<(u32, u32, &str, &str)> = loaded
+        .diagnostics
+        .iter()
+        .map(|d| (d.line, d.column, d.code, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                46,
+                9,
+                "wrong-type",
+                "`BOOL` is written `yes`, which YAML reads as a boolean `true`"
+            ),
+            (
+                47,
+                8,
+                "wrong-type",
+                "`OCT` is written `0o17`, which YAML reads as an integer `15`"
+            ),
+        ],
+        "{}",
+        loaded.render_diagnostics()
+    );
+    assert_eq!(
+        loaded.diagnostics[0].hint.as_deref(),
+        Some("quote it to keep it as written: `\"yes\"`")
+    );
+}

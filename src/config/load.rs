@@ -449,7 +449,7 @@ fn read_file(
     };
 
     let mut diags = std::mem::take(&mut st.diags);
-    let mut cx = FileCx::new(path, scope, &mut diags);
+    let mut cx = FileCx::new(path, scope, &mut diags).with_source(text);
     match kind {
         FileKind::Project => {
             st.project = Some(parse::project(&mut cx, &node));

@@ -23,6 +23,8 @@ pub struct FileCx<'a> {
     pub diags: &'a mut Vec<Diagnostic>,
     /// Whether any error was recorded through this context.
     pub failed: bool,
+    /// The file's text, to see how a scalar was written (`yes` vs `true`).
+    pub source: &'a str,
 }
 
 /// A mapping whose keys were checked against the allowed set.
@@ -82,7 +84,29 @@ impl<'a> FileCx<'a> {
             scope,
             diags,
             failed: false,
+            source: "",
         }
+    }
+
+    /// The same, knowing the file's text.
+    pub fn with_source(mut self, source: &'a str) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// The boolean or number scalar at `pos` as written (such a plain scalar holds no space, `,`,
+    /// `}`, `]` or `#`, which end it in block and flow style alike).
+    fn written_at(&self, pos: Pos) -> Option<&'a str> {
+        let line = self.source.lines().nth(pos.line.checked_sub(1)? as usize)?;
+        let start = line
+            .char_indices()
+            .nth(pos.column.checked_sub(1)? as usize)
+            .map(|(i, _)| i)?;
+        let rest = &line[start..];
+        let end = rest
+            .find([' ', '\t', ',', '}', ']', '#'])
+            .unwrap_or(rest.len());
+        Some(&rest[..end])
     }
 
     pub fn error(
@@ -311,15 +335,41 @@ impl<'a> FileCx<'a> {
 
     /// A variable value: a string, a boolean or an integer (written as text), or a secret.
     pub fn variable_value(&mut self, n: &Node, what: &str) -> Option<Value> {
+        // An unquoted `yes`, `0x1F` or `0o17` is read by YAML as `true`, 31 or 15: the container
+        // would get another text than the file shows. Only the canonical forms pass unquoted.
+        let canonical = match &n.kind {
+            Kind::Bool(b) => Some(b.to_string()),
+            Kind::Int(i) => Some(i.to_string()),
+            _ => None,
+        };
+        if let Some(canonical) = canonical {
+            if let Some(written) = self.written_at(n.pos)
+                && !self.source.is_empty()
+                && written != canonical
+            {
+                self.error(
+                    n.pos,
+                    "wrong-type",
+                    format!(
+                        "`{what}` is written `{written}`, which YAML reads as {} `{canonical}`",
+                        n.kind.describe()
+                    ),
+                    Some(format!("quote it to keep it as written: `\"{written}\"`")),
+                );
+                return None;
+            }
+            return Some(Value::Plain(canonical));
+        }
         match &n.kind {
-            Kind::Bool(b) => Some(Value::Plain(b.to_string())),
-            Kind::Int(i) => Some(Value::Plain(i.to_string())),
             Kind::Float(_) => {
                 self.wrong_type(
                     n,
                     what,
                     "a string",
-                    Some("quote numbers with a decimal point so they keep every digit".into()),
+                    Some(
+                        "quote numbers that are not plain integers, so they keep every digit"
+                            .into(),
+                    ),
                 );
                 None
             }
