@@ -188,13 +188,18 @@ pub fn load(files: &dyn RepoFiles) -> Result<Loaded, LoadError> {
         let bytes = files.read(&path)?;
         let text = match String::from_utf8(bytes) {
             Ok(t) => t,
-            Err(_) => {
+            Err(e) => {
+                // Where the first byte that is not UTF-8 is: line and column (in characters).
+                let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+                let good = std::str::from_utf8(good).unwrap_or_default();
+                let line = good.matches('\n').count() as u32 + 1;
+                let column = good.rsplit('\n').next().unwrap_or("").chars().count() as u32 + 1;
                 st.error(
                     &path,
-                    Pos::START,
+                    Pos { line, column },
                     scope_of(&kind),
                     "invalid-encoding",
-                    format!("`{path}` is not UTF-8 text"),
+                    format!("`{path}` is not UTF-8 text: the byte here is not UTF-8"),
                     Some("save the file as UTF-8".into()),
                 );
                 mark_broken(&mut st, &kind);
