@@ -315,3 +315,24 @@ fn plan_against_a_state_reads_it_beside_its_owner_and_never_creates_one() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(closed, without);
 }
+
+#[test]
+fn a_subdirectory_of_a_repository_is_refused_for_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&root().join("examples/config-repo"), dir.path());
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-q", "-m", "base"]);
+    let sub = dir.path().join("servers");
+    let (code, out, err) = keystone(&["plan", "--repo", sub.to_str().unwrap(), "--rev", "HEAD"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    let top = format!("{}/", dir.path().display());
+    assert!(
+        err.ends_with(&format!(
+            "error: {} is inside the git repository {top} but is not its top directory; a config \
+             repository is read from the top of a commit's tree: give --repo {top}\n",
+            sub.display()
+        )),
+        "{err}"
+    );
+}

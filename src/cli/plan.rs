@@ -85,12 +85,27 @@ fn load_rev(repo: &git2::Repository, rev: &str) -> anyhow::Result<(Loaded, Strin
 }
 
 fn open_repo(path: &Path) -> anyhow::Result<git2::Repository> {
-    git2::Repository::discover(path).with_context(|| {
+    let repo = git2::Repository::discover(path).with_context(|| {
         format!(
             "{} is not in a git repository (--rev, --base and --head read commits from it)",
             path.display()
         )
-    })
+    })?;
+    // Commits are read from the top of their tree: a config in a subdirectory of a larger
+    // repository would silently plan as empty.
+    if let Some(top) = repo.workdir() {
+        let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+        if !same(top, path) {
+            bail!(
+                "{} is inside the git repository {} but is not its top directory; a config \
+                 repository is read from the top of a commit's tree: give --repo {}",
+                path.display(),
+                top.display(),
+                top.display()
+            );
+        }
+    }
+    Ok(repo)
 }
 
 /// How this run checks secrets: the identities and the key fingerprints are made with, or why
