@@ -98,7 +98,7 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
                 e.without_snippet(),
                 serde_saphyr::Error::DuplicateMappingKey { .. }
             );
-            let pos = e.location().map(Pos::from_location).unwrap_or(Pos::START);
+            let mut pos = e.location().map(Pos::from_location).unwrap_or(Pos::START);
             let message = match e.without_snippet() {
                 serde_saphyr::Error::DuplicateMappingKey { key: Some(k), .. } => {
                     format!("key `{k}` appears twice in the same mapping")
@@ -108,6 +108,15 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
                 }
                 other => limit_message(&clean_message(&other.to_string())),
             };
+            // The scanner reports a tab where the scalar before it started; point at the tab.
+            let message = match first_tab_from(text, pos) {
+                Some(tab) if message.contains("found a tab") => {
+                    pos = tab;
+                    "a tab character: YAML indents with spaces only (replace the tab with spaces)"
+                        .to_string()
+                }
+                _ => message,
+            };
             Err(SyntaxError {
                 pos,
                 duplicate_key,
@@ -115,6 +124,28 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
             })
         }
     }
+}
+
+/// The position of the first tab at or after `from`.
+fn first_tab_from(text: &str, from: Pos) -> Option<Pos> {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .skip(from.line.saturating_sub(1) as usize)
+    {
+        let skip = if i + 1 == from.line as usize {
+            from.column.saturating_sub(1) as usize
+        } else {
+            0
+        };
+        if let Some(col) = line.chars().skip(skip).position(|c| c == '\t') {
+            return Some(Pos {
+                line: i as u32 + 1,
+                column: (skip + col) as u32 + 1,
+            });
+        }
+    }
+    None
 }
 
 /// The parser's resource limits (its "budget": nodes, aliases, nesting) in words a user can act
@@ -300,6 +331,16 @@ mod tests {
         assert_eq!(
             parse(&deep).unwrap_err().message,
             "the file nests too deeply for a config file; flatten it"
+        );
+    }
+
+    #[test]
+    fn a_tab_is_reported_where_it_is() {
+        let e = parse("host: 10.0.0.9\n\tport: 22\n").unwrap_err();
+        assert_eq!((e.pos.line, e.pos.column), (2, 1));
+        assert_eq!(
+            e.message,
+            "a tab character: YAML indents with spaces only (replace the tab with spaces)"
         );
     }
 }
