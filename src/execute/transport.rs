@@ -14,9 +14,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Runs scripts and writes files on a target. Implementations: `ssh::SshTransport`,
 /// `local::LocalTransport`, and `Transports` which routes each target to one of them.
 pub trait Transport: Send + Sync {
-    /// Run `script` with `sh -c` on `target`, feeding `stdin` when given, streaming what it prints
-    /// into `out` as it comes. Returns the exit code (`None` when killed by a signal). `timeout` is
-    /// also enforced on the target where the transport can, so a timed-out command does not linger.
+    /// Run `script` in a fresh shell on `target` (nothing it sets reaches the next script),
+    /// feeding `stdin` when given, streaming what it prints into `out` as it comes. Returns the
+    /// exit code (`None` when killed by a signal). On `timeout` the command is stopped: locally
+    /// its process group is killed; over ssh the kept remote shell running it is dropped, and the
+    /// shell kills the step when its input closes (a partition that keeps the close from reaching
+    /// the server leaves it running until sshd notices the dead connection).
     fn run<'a>(
         &'a self,
         target: &'a Target,
