@@ -192,10 +192,8 @@ fn validate_of_a_missing_commit_says_so_once_without_libgit2_codes() {
     );
 }
 
-#[test]
-fn validate_reports_what_would_block_the_plan_of_a_loadable_config() {
-    // DB_HOST is exported by the attached Postgres and cannot be overridden: the loader accepts
-    // the file, the planner would block production; validate says so with file:line:col.
+/// A copy of the example in a temporary directory, and its production environment file.
+fn example_with_production_file() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     assert!(
         std::process::Command::new("cp")
@@ -209,6 +207,14 @@ fn validate_reports_what_would_block_the_plan_of_a_loadable_config() {
     let prod = dir
         .path()
         .join("applications/shop/environments/production.yaml");
+    (dir, prod)
+}
+
+#[test]
+fn validate_reports_what_would_block_the_plan_of_a_loadable_config() {
+    // DB_HOST is exported by the attached Postgres and cannot be overridden: the loader accepts
+    // the file, the planner would block production; validate says so with file:line:col.
+    let (dir, prod) = example_with_production_file();
     let text = std::fs::read_to_string(&prod).unwrap();
     std::fs::write(
         &prod,
@@ -234,19 +240,7 @@ fn validate_reports_what_would_block_the_plan_of_a_loadable_config() {
 #[test]
 fn unquoted_values_yaml_would_change_are_errors() {
     // `yes` would reach the container as `true`, `0x1F` as `31`: only canonical forms pass.
-    let dir = tempfile::tempdir().unwrap();
-    assert!(
-        std::process::Command::new("cp")
-            .arg("-r")
-            .arg(format!("{}/.", example().display()))
-            .arg(dir.path())
-            .status()
-            .unwrap()
-            .success()
-    );
-    let prod = dir
-        .path()
-        .join("applications/shop/environments/production.yaml");
+    let (dir, prod) = example_with_production_file();
     let text = std::fs::read_to_string(&prod).unwrap();
     let extra =
         "variables:\n  BOOL: yes\n  OCT: 0o17\n  INT: 42\n  TRUE: true  # fine\n  Q: \"yes\"\n";
