@@ -86,14 +86,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// An error and its causes, `: `-joined, without libgit2's `; class=…; code=…` suffixes and
-/// without a cause its context already quotes.
+/// An error and its causes, `: `-joined, libgit2's errors by their message (without the
+/// `; class=…; code=…` its `Display` adds), and without a cause its context already quotes.
 fn describe(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
         let text = match cause.downcast_ref::<git2::Error>() {
             Some(g) => g.message().to_string(),
-            None => strip_git_codes(&cause.to_string()),
+            None => cause.to_string(),
         };
         if parts.last().is_some_and(|p| p.contains(&text)) {
             continue;
@@ -101,15 +101,6 @@ fn describe(e: &anyhow::Error) -> String {
         parts.push(text);
     }
     parts.join(": ")
-}
-
-/// `revspec 'x' not found; class=Reference (4); code=NotFound (-3)` → `revspec 'x' not found`.
-fn strip_git_codes(text: &str) -> String {
-    static CODES: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"; class=[A-Za-z]+ \(-?\d+\)(; code=[A-Za-z]+ \(-?\d+\))?")
-            .expect("a valid regex")
-    });
-    CODES.replace_all(text, "").into_owned()
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -98,13 +98,14 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot resolve `{rev}` to a commit: {source}")]
+    // libgit2's own message, without the `; class=…; code=…` its `Display` adds.
+    #[error("cannot resolve `{rev}` to a commit: {}", .source.message())]
     Rev {
         rev: String,
         #[source]
         source: git2::Error,
     },
-    #[error("git: {0}")]
+    #[error("git: {}", .0.message())]
     Git(#[source] git2::Error),
     #[error("{0} is not in the commit's tree")]
     NotInTree(String),

@@ -1,13 +1,54 @@
-//! Shared by the plan tests: the model of examples/config-repo (as notes/example-repo.md agrees
-//! it), scenario edits of it, and golden-file comparison.
+//! Shared by the plan tests: the model of examples/config-repo, scenario edits of it, golden-file
+//! comparison, and copying the example into git repositories.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use keystone::model::*;
 use keystone::plan::{self, Applied, Desired, Plan, PlanContext, SecretState};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Copy the tree `from` into `to` (which exists).
+pub fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// Run `git ARGS` in `dir` with a fixed author and date (commit ids depend only on content);
+/// its trimmed stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.test")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.test")
+        .env("GIT_AUTHOR_DATE", "2026-12-03T12:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2026-12-03T12:00:00Z")
+        .output()
+        .expect("git is installed");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
 
 fn origin(file: &str, line: u32) -> Origin {
     Origin {
